@@ -1,0 +1,92 @@
+"""Backbone registry: a name (or `hub:` handle) -> a Backbone that builds features on a tensor.
+
+Every backbone carries its input size and the normalization its weights expect; the factory
+bakes that normalization into the exported model, so apps feed plain RGB pixels in [0, 255].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from factory.errors import FactoryError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    input_size: int
+    scale: float  # normalized = pixel * scale + offset
+    offset: float
+    build: Callable  # build(normalized_tensor) -> pooled feature tensor; layers applied in place
+    source: str  # where the weights came from, for the manifest
+    block_prefix: str | None = None  # layer-name prefix of numbered blocks, for --unfreeze-blocks
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def normalization(self) -> dict:
+        return {"scale": self.scale, "offset": self.offset, "input_range": [0, 255]}
+
+
+def _efficientnet_lite(variant: str):
+    def make(input_size: int | None, weights: str | None) -> Backbone:
+        from factory.backbones import efficientnet_lite
+
+        if weights:
+            raise FactoryError(f"--weights is not used with efficientnet_{variant}: its weights are bundled")
+        path = efficientnet_lite.weights_path(variant)
+        return Backbone(
+            name=f"efficientnet_{variant}",
+            input_size=input_size or efficientnet_lite.VARIANTS[variant][2],
+            scale=1 / 128,
+            offset=-127 / 128,
+            build=lambda x: efficientnet_lite.build(x, variant),
+            source=f"{path.parent.parent.name}/{path.name} (ImageNet-1k)",
+            block_prefix="block",
+        )
+
+    return make
+
+
+def _keras_app(name: str):
+    def make(input_size: int | None, weights: str | None) -> Backbone:
+        from factory.backbones import keras_apps
+
+        return keras_apps.backbone(name, input_size, weights)
+
+    return make
+
+
+REGISTRY: dict[str, Callable[[int | None, str | None], Backbone]] = {
+    "efficientnet_lite0": _efficientnet_lite("lite0"),
+    "efficientnet_lite1": _efficientnet_lite("lite1"),
+    "efficientnet_lite2": _efficientnet_lite("lite2"),
+}
+
+
+def _register_keras_apps() -> None:
+    from factory.backbones.keras_apps import APPS
+
+    for app in APPS:
+        REGISTRY[app] = _keras_app(app)
+
+
+_register_keras_apps()
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY) + ["hub:<TF Hub handle or SavedModel dir>"]
+
+
+def resolve(spec: str, input_size: int | None = None, weights: str | None = None) -> Backbone:
+    """Turn a `--backbone` value into a Backbone (weights are loaded when it is built)."""
+    if input_size is not None and not 32 <= input_size <= 1024:
+        raise FactoryError(f"--input-size {input_size} is out of range: use 32..1024 (e.g. 96 or 224)")
+    if spec.startswith("hub:"):
+        from factory.backbones import hub
+
+        return hub.backbone(spec[len("hub:"):], input_size)
+    if spec not in REGISTRY:
+        raise FactoryError(f"unknown backbone {spec!r}: choose one of {', '.join(names())}")
+    return REGISTRY[spec](input_size, weights)

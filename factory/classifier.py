@@ -1,0 +1,84 @@
+"""The model the factory trains and exports: pixels -> normalize -> backbone -> head.
+
+One flat functional graph (backbone layers applied directly on the normalized input), so
+layers can be frozen one by one and tfmot can wrap them. The head's layers are shared with a
+small head-only model that trains on cached features: same weights, no copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from factory.backbones import Backbone
+from factory.tf_setup import keras
+
+INPUT_NAME = "image"
+HEAD_PREFIX = "factory_head_"
+
+
+@dataclass
+class Classifier:
+    model: keras.Model  # pixels in [0, 255] -> class probabilities
+    feature_model: keras.Model  # pixels -> pooled backbone features
+    head: keras.Model  # features -> class probabilities (shares the head layers of `model`)
+    backbone: Backbone
+
+    def backbone_layers(self) -> list[keras.layers.Layer]:
+        """Backbone layers in graph order (no input, normalization or head)."""
+        return [
+            layer for layer in self.model.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+            and layer.name != "normalize" and not layer.name.startswith(HEAD_PREFIX)
+        ]
+
+    def features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return self.feature_model.predict(images, batch_size=batch_size, verbose=0)
+
+
+def build(backbone: Backbone, num_classes: int, dropout: float = 0.2) -> Classifier:
+    size = backbone.input_size
+    inputs = keras.Input((size, size, 3), name=INPUT_NAME)
+    normalized = keras.layers.Rescaling(backbone.scale, backbone.offset, name="normalize")(inputs)
+    features = backbone.build(normalized)
+    drop = keras.layers.Dropout(dropout, name=HEAD_PREFIX + "dropout")
+    dense = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_PREFIX + "classifier")
+    model = keras.Model(inputs, dense(drop(features)), name="classifier")
+    feature_inputs = keras.Input((features.shape[-1],), name="features")
+    head = keras.Model(feature_inputs, dense(drop(feature_inputs)), name="head")
+    classifier = Classifier(model, keras.Model(inputs, features, name="features"), head, backbone)
+    freeze_backbone(classifier)
+    return classifier
+
+
+def freeze_backbone(classifier: Classifier) -> None:
+    for layer in classifier.backbone_layers():
+        layer.trainable = False
+
+
+def is_batch_norm(layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def unfreeze_top(classifier: Classifier, count: int | None) -> list[str]:
+    """Make the top `count` weighted backbone layers trainable (all when None).
+
+    BatchNorm layers stay frozen: in tf_keras a frozen BatchNorm also runs in inference mode,
+    so its statistics are not dragged toward the small new dataset. Returns the names made
+    trainable, bottom to top.
+    """
+    freeze_backbone(classifier)
+    candidates = [l for l in classifier.backbone_layers() if l.weights and not is_batch_norm(l)]
+    chosen = candidates if count is None else candidates[len(candidates) - count:] if count else []
+    for layer in chosen:
+        layer.trainable = True
+    return [layer.name for layer in chosen]
+
+
+def trainable_summary(model: keras.Model) -> dict:
+    trainable = [l.name for l in model.layers if l.trainable and l.trainable_weights]
+    return {
+        "trainable_layers": len(trainable),
+        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "total_params": int(model.count_params()),
+    }

@@ -1,0 +1,118 @@
+"""The `factory` command line."""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from factory.errors import FactoryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edge model factory: transfer-learn, convert, verify.")
+console = Console()
+
+
+class Strategy(str, Enum):
+    feature_extraction = "feature-extraction"
+    fine_tune = "fine-tune"
+
+
+def _parse_unfreeze(value: str) -> int | None:
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise FactoryError(f"--unfreeze {value!r}: pass a number of layers or 'all'")
+    return int(value)
+
+
+def _fail(exc: FactoryError, debug: bool) -> None:
+    if debug:
+        raise exc
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def build(
+    data: str = typer.Option(..., help="Folder with one sub-folder per class, or a named source: fashion-mnist, digits."),
+    out: Path = typer.Option(..., help="Folder for the artifacts, labels.txt and manifest.json."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file for keras.applications backbones."),
+    input_size: Optional[int] = typer.Option(None, help="Square input size in pixels (default: the backbone's own)."),
+    strategy: Strategy = typer.Option(Strategy.feature_extraction, help="Train only a new head, or fine-tune the backbone's top too."),
+    unfreeze: str = typer.Option("20", help="fine-tune: number of top backbone layers to unfreeze, or 'all'."),
+    target: List[str] = typer.Option(["tflite"], help="Deployment target; repeat for several."),
+    epochs: int = typer.Option(15, min=1, help="Epochs for the head (early stopping may end sooner)."),
+    fine_tune_epochs: int = typer.Option(5, min=1, help="Epochs for fine-tuning the unfrozen layers."),
+    learning_rate: float = typer.Option(1e-3, min=0, help="Learning rate for the head."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, min=0, help="Learning rate for fine-tuning (default: learning rate / 10)."),
+    batch_size: int = typer.Option(32, min=1),
+    patience: int = typer.Option(3, min=1, help="Early stopping: epochs without validation-loss improvement."),
+    limit: Optional[int] = typer.Option(None, min=2, help="Use a stratified subset of this many images (fast trials)."),
+    seed: int = typer.Option(0, help="Seed for subsetting, splitting and training."),
+    strict_data: bool = typer.Option(False, help="Fail on the first unreadable image instead of skipping it."),
+    quiet: bool = typer.Option(False, help="No progress display."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Train a classifier on DATA by transfer learning and export verified artifacts to OUT."""
+    try:
+        from factory import build as build_lib
+        from factory.progress import Reporter
+        from factory.recipe import Recipe
+
+        recipe = Recipe(
+            data=data, out=str(out), backbone=backbone, weights=str(weights) if weights else None,
+            input_size=input_size, strategy=strategy.value, unfreeze=_parse_unfreeze(unfreeze),
+            epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate,
+            fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size, patience=patience,
+            limit=limit, seed=seed, strict_data=strict_data, targets=list(target),
+        )
+        with Reporter(enabled=not quiet) as reporter:
+            result = build_lib.run(recipe, reporter)
+    except FactoryError as exc:
+        _fail(exc, debug)
+    _print_summary(result.manifest, result.out)
+
+
+def _print_summary(manifest: dict, out: Path) -> None:
+    metrics, strategy = manifest["metrics"], manifest["strategy"]
+    table = Table(title=f"{manifest['backbone']['name']} / {strategy['name']} -> {out}")
+    for column in ("model", "test accuracy", "agreement", "size", "time"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    keras_size = strategy["total_params"] * 4
+    table.add_row("keras", f"{metrics['keras_test_accuracy']:.4f}", "-", _size(keras_size), f"{metrics['train_seconds']:.1f}s train")
+    for a in manifest["artifacts"]:
+        table.add_row(
+            f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
+            _size(a["bytes"]), f"{a['convert_seconds']:.1f}s convert",
+        )
+    console.print(table)
+    console.print(
+        f"trainable layers: {strategy['trainable_layers']}, trainable params: {strategy['trainable_params']:,}; "
+        f"splits {manifest['data']['splits']}"
+    )
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.1f} kB"
+
+
+@app.command("backbones")
+def list_backbones():
+    """List the backbones this install can build on."""
+    from factory import backbones
+
+    for name in backbones.names():
+        console.print(name)
+
+
+def main():  # console script entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[bold red]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,35 @@
+"""Everything a build needs, in one dataclass (filled from CLI flags)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Recipe:
+    data: str
+    out: str
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None  # local weights file for keras.applications backbones
+    input_size: int | None = None  # None: the backbone's native size
+    strategy: str = "feature-extraction"
+    unfreeze: int | None = 20  # fine-tune: top N weighted backbone layers; None = all
+    epochs: int = 15  # head training (feature extraction, and phase 1 of fine-tuning)
+    fine_tune_epochs: int = 5
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
+    batch_size: int = 32
+    dropout: float = 0.2
+    patience: int = 3
+    seed: int = 0
+    limit: int | None = None  # stratified subset of the source, before splitting
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    strict_data: bool = False
+    targets: list[str] = field(default_factory=lambda: ["tflite"])
+
+    def __post_init__(self):
+        if self.fine_tune_learning_rate is None:
+            self.fine_tune_learning_rate = self.learning_rate / 10
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,6 @@
+"""Deployment targets, by the name used on the command line (`--target`)."""
+from targets.tflite import TFLiteTarget
+
+REGISTRY = {
+    "tflite": TFLiteTarget(),
+}
