@@ -1,0 +1,162 @@
+"""`factory build` end to end on real weights and real data, and its error paths."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from factory import manifest as manifest_lib, output
+from factory.cli import app
+from factory.errors import FactoryError
+from targets.tflite import run_interpreter
+
+FACTORY = [sys.executable, "-c", "from factory.cli import main; main()"]
+
+
+def factory_build(*args, timeout=900):
+    result = subprocess.run(FACTORY + ["build", "--quiet", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def fashion_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fe") / "build"
+    result = factory_build(
+        "--data", "fashion-mnist", "--backbone", "efficientnet_lite0", "--strategy", "feature-extraction",
+        "--target", "tflite", "--input-size", "96", "--limit", "3000", "--out", str(out),
+    )
+    return out, manifest_lib.read(out), result.stdout
+
+
+def test_feature_extraction_build_reaches_target_accuracy(fashion_build):
+    out, manifest, stdout = fashion_build
+    keras_accuracy = manifest["metrics"]["keras_test_accuracy"]
+    [artifact] = manifest["artifacts"]
+    assert keras_accuracy >= 0.80
+    assert abs(artifact["accuracy"] - keras_accuracy) <= 0.01
+    assert artifact["agreement"] >= 0.99
+    assert "test accuracy" in stdout and "tflite float32" in stdout
+
+
+def test_manifest_records_the_build(fashion_build):
+    out, manifest, _ = fashion_build
+    assert manifest["backbone"]["name"] == "efficientnet_lite0" and manifest["backbone"]["input_size"] == 96
+    assert manifest["strategy"]["name"] == "feature-extraction"
+    assert manifest["strategy"]["trainable_layers"] == 1  # the new classifier only
+    assert manifest["data"]["splits"] == {"train": 2100, "validation": 300, "test": 600}
+    assert manifest["hyperparameters"]["limit"] == 3000 and manifest["seed"] == 0
+    assert manifest["versions"]["tensorflow"] and manifest["versions"]["ai-edge-litert"]
+    assert set(manifest["files"]) == {"model_float32.tflite", "labels.txt"}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == manifest_lib.sha256(out / name)
+    assert (out / "labels.txt").read_text().split() == manifest["data"]["classes"]
+
+
+def test_tflite_artifact_runs_on_raw_pixels(fashion_build):
+    from factory import data
+
+    out, manifest, _ = fashion_build
+    test = data.load("fashion-mnist", 96, limit=3000, seed=0).test
+    probs = run_interpreter(out / "model_float32.tflite", test.images[:64])
+    assert probs.shape == (64, 10)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    assert np.mean(probs.argmax(1) == test.labels[:64]) > 0.7
+
+
+@pytest.mark.slow
+def test_fine_tune_build_records_trainable_layers(tmp_path):
+    out = tmp_path / "ft"
+    factory_build("--data", "fashion-mnist", "--strategy", "fine-tune", "--unfreeze", "20",
+                  "--input-size", "96", "--limit", "3000", "--out", str(out))
+    manifest = manifest_lib.read(out)
+    assert manifest["strategy"]["trainable_layers"] == 21  # 20 backbone layers + the classifier
+    assert [p["name"] for p in manifest["strategy"]["phases"]] == ["head", "fine-tune top 20"]
+    assert manifest["metrics"]["keras_test_accuracy"] >= 0.80
+    assert abs(manifest["artifacts"][0]["accuracy"] - manifest["metrics"]["keras_test_accuracy"]) <= 0.01
+
+
+def test_hub_backbone_from_a_saved_model(tmp_path):
+    """A small CNN trained here, saved as a SavedModel, then used as a `hub:` backbone."""
+    from factory import data
+    from factory.tf_setup import keras, tf
+
+    digits = data.load("digits", 32, seed=0)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
+    features = keras.layers.Dense(64, activation="relu")(x)
+    trained = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(features))
+    trained.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    trained.fit(digits.train.images / 255.0, digits.train.labels, epochs=5, verbose=0)
+    assert trained.evaluate(digits.test.images / 255.0, digits.test.labels, verbose=0)[1] > 0.9
+    feature_model = keras.Model(inputs, features)
+    saved = tmp_path / "digits_features"
+    tf.saved_model.save(feature_model, str(saved))
+
+    from factory import backbones, classifier
+
+    loaded = classifier.build(backbones.resolve(f"hub:{saved}", 32), 10)
+    np.testing.assert_allclose(
+        loaded.features(digits.test.images), feature_model.predict(digits.test.images / 255.0, verbose=0),
+        rtol=1e-4, atol=1e-4,
+    )
+
+    out = tmp_path / "hub_build"
+    factory_build("--data", "digits", "--backbone", f"hub:{saved}", "--input-size", "32",
+                  "--out", str(out))
+    manifest = manifest_lib.read(out)
+    assert manifest["backbone"]["name"] == f"hub:{saved}"
+    assert manifest["metrics"]["keras_test_accuracy"] > 0.8  # chance is 0.1
+    assert manifest["artifacts"][0]["agreement"] >= 0.99
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
+        (["--data", "digits", "--backbone", "nope"], "unknown backbone 'nope'"),
+        (["--data", "digits", "--target", "coreml"], "unknown target 'coreml'"),
+        (["--data", "digits", "--unfreeze", "some"], "--unfreeze 'some'"),
+        (["--data", "digits", "--backbone", "hub:/no/dir"], "no saved_model.pb"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", "--quiet", "--out", str(out), *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_unknown_strategy_is_refused_by_the_cli(tmp_path):
+    result = CliRunner().invoke(app, ["build", "--data", "digits", "--out", str(tmp_path), "--strategy", "magic"])
+    assert result.exit_code == 2 and "magic" in result.output
+
+
+def test_failed_build_leaves_previous_output_untouched(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    with pytest.raises(RuntimeError):
+        with output.staged(out) as staging:
+            (staging / "model.tflite").write_bytes(b"half")
+            raise RuntimeError("killed mid-conversion")
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
+    with output.staged(out) as staging:
+        (staging / "manifest.json").write_text(json.dumps({"new": True}))
+    assert json.loads((out / "manifest.json").read_text()) == {"new": True}
+
+
+def test_out_folder_with_foreign_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FactoryError, match="not empty and holds no manifest.json"):
+        output.check_destination(tmp_path)

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from factory import backbones, classifier
+from factory.classifier import is_batch_norm
+from factory.progress import Silent
+from factory.recipe import Recipe
+from factory.strategies import STRATEGIES
+
+
+def snapshot(layers):
+    return {layer.name: [w.numpy().copy() for w in layer.weights] for layer in layers}
+
+
+def changed(before, layer):
+    return any(not np.array_equal(a, w.numpy()) for a, w in zip(before[layer.name], layer.weights))
+
+
+def accuracy(model, split):
+    return float(np.mean(model.model.predict(split.images, verbose=0).argmax(1) == split.labels))
+
+
+def train(strategy, data, **overrides):
+    recipe = Recipe(data="fashion-mnist", out="unused", strategy=strategy, epochs=8, fine_tune_epochs=2, **overrides)
+    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), len(data.class_names))
+    before = snapshot(model.model.layers)
+    phases = STRATEGIES[strategy](model, data, recipe, Silent())
+    return model, before, phases
+
+
+def test_feature_extraction_trains_only_the_head(fashion_small):
+    model, before, phases = train("feature-extraction", fashion_small)
+    assert [p.name for p in phases] == ["head"]
+    assert not any(changed(before, layer) for layer in model.backbone_layers())
+    assert changed(before, model.model.get_layer("factory_head_classifier"))
+    assert accuracy(model, fashion_small.test) > 0.6  # 10 classes: chance is 0.1
+
+
+def test_fine_tune_changes_exactly_the_unfrozen_top_and_keeps_batchnorm(fashion_small):
+    model, before, phases = train("fine-tune", fashion_small, unfreeze=5)
+    assert [p.name for p in phases] == ["head", "fine-tune top 5"]
+    weighted = [l for l in model.backbone_layers() if l.weights and not is_batch_norm(l)]
+    assert [l.name for l in weighted[-5:]] == [l.name for l in model.backbone_layers() if l.trainable and l.weights]
+    assert all(changed(before, layer) for layer in weighted[-5:])
+    assert not any(changed(before, layer) for layer in weighted[:-5])
+    batch_norms = [l for l in model.backbone_layers() if is_batch_norm(l)]
+    assert batch_norms and not any(changed(before, l) for l in batch_norms)  # gamma, beta, moving stats
+    assert accuracy(model, fashion_small.test) > 0.6
+
+
+def test_unfreeze_all_leaves_only_batchnorm_frozen(fashion_small):
+    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), 10)
+    names = classifier.unfreeze_top(model, None)
+    frozen = [l for l in model.backbone_layers() if l.weights and not l.trainable]
+    assert frozen and all(is_batch_norm(l) for l in frozen)
+    assert len(names) == len([l for l in model.backbone_layers() if l.weights]) - len(frozen)
+
+
+def test_unfreeze_zero_is_refused(fashion_small):
+    from factory.errors import FactoryError
+
+    with pytest.raises(FactoryError, match="--unfreeze 0"):
+        train("fine-tune", fashion_small, unfreeze=0)
