@@ -12,8 +12,8 @@ from factory.errors import FactoryError
 from factory.recipe import Recipe
 from factory.strategies import STRATEGIES
 from factory.tf_setup import keras
-from targets import base as targets
-from targets.parity import compare
+from targets import base as targets, parity
+from targets.quantize import Calibration, calibration_subset
 
 
 @dataclass
@@ -22,10 +22,22 @@ class BuildResult:
     manifest: dict
 
 
+def plan_artifacts(target_names: list[str], quantize: list[str]) -> list[tuple]:
+    """(target, quantize mode) pairs: each requested mode on every target that offers it."""
+    chosen = [targets.get(name) for name in dict.fromkeys(target_names)]
+    if not quantize:
+        return [(t, t.default_quantize) for t in chosen]
+    for mode in quantize:
+        if not any(mode in t.quantize_modes for t in chosen):
+            offered = "; ".join(f"{t.name}: {', '.join(t.quantize_modes)}" for t in chosen)
+            raise FactoryError(f"--quantize {mode} is not offered by the chosen targets ({offered})")
+    return [(t, mode) for t in chosen for mode in dict.fromkeys(quantize) if mode in t.quantize_modes]
+
+
 def run(recipe: Recipe, reporter) -> BuildResult:
     if recipe.strategy not in STRATEGIES:
         raise FactoryError(f"unknown strategy {recipe.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    chosen_targets = [targets.get(name) for name in recipe.targets]
+    plan = plan_artifacts(recipe.targets, recipe.quantize)
     backbone = backbones.resolve(recipe.backbone, recipe.input_size, recipe.weights)
     output.check_destination(Path(recipe.out))
     keras.utils.set_random_seed(recipe.seed)
@@ -45,25 +57,7 @@ def run(recipe: Recipe, reporter) -> BuildResult:
     keras_accuracy = float(np.mean(keras_probs.argmax(1) == data.test.labels))
 
     with output.staged(Path(recipe.out)) as staging:
-        artifacts = []
-        for target in chosen_targets:
-            task = reporter.start(f"converting to {target.name}", total=2)
-            artifact = target.convert(
-                model.model, target.default_quantize, staging,
-                labels=data.class_names, normalization=backbone.normalization,
-            )
-            reporter.advance(task)
-            probs = target.predict(artifact, data.test.images)
-            reporter.finish(task)
-            artifacts.append({
-                "target": artifact.target,
-                "quantize": artifact.quantize,
-                "file": artifact.path.name,
-                "bytes": artifact.path.stat().st_size,
-                "sha256": manifest.sha256(artifact.path),
-                "convert_seconds": artifact.convert_seconds,
-                **compare(keras_probs, probs, data.test.labels),
-            })
+        artifacts = export(model, data, recipe, plan, staging, keras_probs, reporter)
         (staging / "labels.txt").write_text("\n".join(data.class_names) + "\n")
         body = {
             "backbone": {
@@ -82,3 +76,43 @@ def run(recipe: Recipe, reporter) -> BuildResult:
         }
         manifest.write(staging, body)
     return BuildResult(Path(recipe.out), manifest.read(Path(recipe.out)))
+
+
+def export(model, data, recipe: Recipe, plan, out_dir: Path, keras_probs: np.ndarray, reporter) -> list[dict]:
+    """Convert, verify (parity gate) and time every planned artifact; returns manifest entries."""
+    context = targets.ConversionContext(
+        name=Path(recipe.out).name or "model",
+        labels=data.class_names,
+        normalization=model.backbone.normalization,
+        calibration=Calibration(
+            images=calibration_subset(data.train.images, recipe.calibration_size, recipe.seed),
+            train_images=data.train.images, train_labels=data.train.labels,
+            val_images=data.val.images, val_labels=data.val.labels,
+        ),
+        int8_io=recipe.int8_io,
+        qat_epochs=recipe.qat_epochs,
+    )
+    entries = []
+    for target, mode in plan:
+        task = reporter.start(f"{target.name} {mode}: convert, verify, time", total=3)
+        artifact = target.convert(model.model, mode, out_dir, context)
+        reporter.advance(task)
+        report = parity.compare(keras_probs, target.predict(artifact, data.test.images), data.test.labels)
+        threshold = parity.gate(f"{target.name} {mode}", mode, report, recipe.min_agreement)
+        reporter.advance(task)
+        timing = target.latency(artifact, runs=recipe.latency_runs) if recipe.latency_runs else None
+        reporter.finish(task)
+        entries.append({
+            "target": artifact.target,
+            "quantize": artifact.quantize,
+            "file": str(artifact.path.relative_to(out_dir)),
+            "files": [str(f.relative_to(out_dir)) for f in artifact.files],
+            "bytes": sum(f.stat().st_size for f in artifact.files),
+            "sha256": manifest.sha256(artifact.path),
+            "convert_seconds": artifact.convert_seconds,
+            **report,
+            "min_agreement": threshold,
+            "latency": timing,
+            **target.describe(artifact),
+        })
+    return entries

@@ -16,6 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edge model f
 console = Console()
 
 
+class Int8IO(str, Enum):
+    uint8 = "uint8"
+    int8 = "int8"
+
+
 class Strategy(str, Enum):
     feature_extraction = "feature-extraction"
     fine_tune = "fine-tune"
@@ -45,7 +50,17 @@ def build(
     input_size: Optional[int] = typer.Option(None, help="Square input size in pixels (default: the backbone's own)."),
     strategy: Strategy = typer.Option(Strategy.feature_extraction, help="Train only a new head, or fine-tune the backbone's top too."),
     unfreeze: str = typer.Option("20", help="fine-tune: number of top backbone layers to unfreeze, or 'all'."),
-    target: List[str] = typer.Option(["tflite"], help="Deployment target; repeat for several."),
+    target: List[str] = typer.Option(["tflite"], help="Deployment target: tflite, tfjs; repeat for several."),
+    quantize: List[str] = typer.Option(
+        [], help="tflite: float32, float16, dynamic, int8, qat; tfjs: float32, float16, uint8. Repeat for several "
+        "(each goes to every target that offers it). Default: float32."),
+    min_agreement: Optional[float] = typer.Option(
+        None, min=0, max=1, help="Fail unless each artifact's top-1 agrees with Keras on this share of the test "
+        "split (default: 0.99 float, 0.97 dynamic, 0.94 int8/qat/uint8)."),
+    calibration_size: int = typer.Option(200, min=1, help="Training images used to calibrate int8."),
+    int8_io: Int8IO = typer.Option(Int8IO.uint8, help="Input/output type of int8 and qat TFLite models."),
+    qat_epochs: int = typer.Option(2, min=1, help="Epochs of quantization-aware training for --quantize qat."),
+    latency_runs: int = typer.Option(30, min=0, help="Batch-1 timing runs per artifact in a fresh process (0: skip)."),
     epochs: int = typer.Option(15, min=1, help="Epochs for the head (early stopping may end sooner)."),
     fine_tune_epochs: int = typer.Option(5, min=1, help="Epochs for fine-tuning the unfrozen layers."),
     learning_rate: float = typer.Option(1e-3, min=0, help="Learning rate for the head."),
@@ -69,7 +84,9 @@ def build(
             input_size=input_size, strategy=strategy.value, unfreeze=_parse_unfreeze(unfreeze),
             epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate,
             fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size, patience=patience,
-            limit=limit, seed=seed, strict_data=strict_data, targets=list(target),
+            limit=limit, seed=seed, strict_data=strict_data, targets=list(target), quantize=list(quantize),
+            min_agreement=min_agreement, calibration_size=calibration_size, int8_io=int8_io.value,
+            qat_epochs=qat_epochs, latency_runs=latency_runs,
         )
         with Reporter(enabled=not quiet) as reporter:
             result = build_lib.run(recipe, reporter)
@@ -81,14 +98,17 @@ def build(
 def _print_summary(manifest: dict, out: Path) -> None:
     metrics, strategy = manifest["metrics"], manifest["strategy"]
     table = Table(title=f"{manifest['backbone']['name']} / {strategy['name']} -> {out}")
-    for column in ("model", "test accuracy", "agreement", "size", "time"):
+    for column in ("model", "test accuracy", "agreement", "size", "latency p50", "time"):
         table.add_column(column, justify="left" if column == "model" else "right")
     keras_size = strategy["total_params"] * 4
-    table.add_row("keras", f"{metrics['keras_test_accuracy']:.4f}", "-", _size(keras_size), f"{metrics['train_seconds']:.1f}s train")
+    table.add_row(
+        "keras", f"{metrics['keras_test_accuracy']:.4f}", "-", _size(keras_size), "-", f"{metrics['train_seconds']:.1f}s train"
+    )
     for a in manifest["artifacts"]:
+        latency = f"{a['latency']['p50_ms']:.2f} ms" if a.get("latency") else "-"
         table.add_row(
             f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
-            _size(a["bytes"]), f"{a['convert_seconds']:.1f}s convert",
+            _size(a["bytes"]), latency, f"{a['convert_seconds']:.1f}s convert",
         )
     console.print(table)
     console.print(

@@ -26,6 +26,12 @@ class Recipe:
     test_fraction: float = 0.2
     strict_data: bool = False
     targets: list[str] = field(default_factory=lambda: ["tflite"])
+    quantize: list[str] = field(default_factory=list)  # empty: each target's default
+    min_agreement: float | None = None  # None: per-quantization default (targets.parity)
+    calibration_size: int = 200  # representative images for int8 calibration
+    int8_io: str = "uint8"  # input/output type of full-integer TFLite models
+    qat_epochs: int = 2
+    latency_runs: int = 30  # batch-1 timing runs per artifact in a fresh process; 0 skips
 
     def __post_init__(self):
         if self.fine_tune_learning_rate is None:

@@ -8,6 +8,9 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tensorflowjs imports TF-DF, which prints an advert, or imports IPython when stdout is not a
+# terminal (pytest, pipes) and fails without it.
+os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402

@@ -1,15 +1,28 @@
-"""TFLite target: convert with the TFLite converter, verify in the LiteRT interpreter."""
+"""TFLite target: convert (float32, float16, dynamic-range, full int8, QAT int8), run in LiteRT.
+
+| --quantize | weights | activations | input / output |
+|---|---|---|---|
+| float32 | float32 | float32 | float32 |
+| float16 | float16 (dequantized at load) | float32 | float32 |
+| dynamic | int8 | float32 (int8 on the fly) | float32 |
+| int8 | int8 | int8, calibrated on a representative set | uint8 (or int8) |
+| qat | int8 | int8, ranges learned by quantization-aware training | uint8 (or int8) |
+"""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from factory.tf_setup import tf
+from factory.errors import FactoryError
+from targets import tflite_metadata
 from targets.base import Artifact
+from targets.latency import run_timer
 
-QUANTIZE_MODES = ("float32",)
+QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8", "qat")
+INTEGER_MODES = ("int8", "qat")
 
 
 class TFLiteTarget:
@@ -17,16 +30,58 @@ class TFLiteTarget:
     quantize_modes = QUANTIZE_MODES
     default_quantize = "float32"
 
-    def convert(self, model, quantize: str, out_dir: Path, *, labels, normalization) -> Artifact:
+    def convert(self, model, quantize: str, out_dir: Path, context) -> Artifact:
         start = time.perf_counter()
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        flatbuffer = converter.convert()
+        flatbuffer = self._convert(model, quantize, context)
         path = Path(out_dir) / f"model_{quantize}.tflite"
         path.write_bytes(flatbuffer)
+        tflite_metadata.attach(path, labels=context.labels, name=context.name)
+        check_quantized(path, quantize, context.int8_io)
         return Artifact(self.name, quantize, path, [path], round(time.perf_counter() - start, 2))
+
+    def _convert(self, model, quantize: str, context) -> bytes:
+        from factory.tf_setup import tf
+        from targets import quantize as quantize_lib
+
+        if quantize == "qat":
+            model = quantize_lib.quantization_aware_model(model)
+            quantize_lib.train_quantization_aware(
+                model, context.calibration, epochs=context.qat_epochs, learning_rate=context.qat_learning_rate
+            )
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif quantize in INTEGER_MODES:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            # QAT learned its ranges; the converter still asks for a representative set (used
+            # only for tensors QAT did not cover), so both modes get the calibration images.
+            converter.representative_dataset = quantize_lib.representative_dataset(context.calibration.images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.uint8 if context.int8_io == "uint8" else tf.int8
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+        elif quantize != "float32":
+            raise FactoryError(f"unknown TFLite --quantize {quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}")
+        try:
+            return converter.convert()
+        except Exception as exc:  # the converter raises ConverterError and others
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FactoryError(f"TFLite conversion ({quantize}) failed: {message}") from exc
 
     def predict(self, artifact: Artifact, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return run_interpreter(artifact.path, images, batch_size)
+
+    def latency(self, artifact: Artifact, *, runs: int = 30, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
+        script = Path(__file__).with_name("tflite_latency.py")
+        command = [sys.executable, str(script), str(artifact.path), "--runs", str(runs), "--warmup", str(warmup),
+                   "--batch", str(batch), "--threads", str(threads)]
+        return run_timer(command, artifact.path.name)
+
+    def describe(self, artifact: Artifact) -> dict:
+        return {"tensor_types": tensor_types(artifact.path)}
 
 
 def make_interpreter(path: Path, num_threads: int | None = None):
@@ -35,8 +90,36 @@ def make_interpreter(path: Path, num_threads: int | None = None):
     return Interpreter(model_path=str(path), num_threads=num_threads)
 
 
+def tensor_types(path: Path) -> dict:
+    """dtype names of the input, the output and every tensor in the file."""
+    interpreter = make_interpreter(path)
+    return {
+        "input": np.dtype(interpreter.get_input_details()[0]["dtype"]).name,
+        "output": np.dtype(interpreter.get_output_details()[0]["dtype"]).name,
+        "tensors": sorted({np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}),
+    }
+
+
+def check_quantized(path: Path, quantize: str, int8_io: str = "uint8") -> dict:
+    """Fail if the file does not hold the number types `quantize` promises (a no-op quantization)."""
+    types = tensor_types(path)
+    tensors = set(types["tensors"])
+    expected = {
+        "float32": types["input"] == "float32" and not tensors & {"int8", "float16"},
+        "float16": types["input"] == "float32" and "float16" in tensors,
+        "dynamic": types["input"] == "float32" and "int8" in tensors,
+        "int8": types["input"] == int8_io and types["output"] == int8_io and "int8" in tensors,
+    }
+    if not expected["int8" if quantize in INTEGER_MODES else quantize]:
+        raise FactoryError(
+            f"{path.name}: the {quantize} conversion did not quantize as asked (input {types['input']}, "
+            f"tensor types {', '.join(sorted(tensors))}); report this model with --debug"
+        )
+    return types
+
+
 def run_interpreter(path: Path, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Run the .tflite file on `images` in batches; returns float probabilities."""
+    """Run the .tflite file on uint8 `images` in batches; returns float probabilities."""
     interpreter = make_interpreter(path)
     input_detail = interpreter.get_input_details()[0]
     outputs = []

@@ -1,0 +1,121 @@
+"""TF.js target: a graph model (model.json + weight shards), verified in Node with the wasm backend.
+
+Weights float32, float16 or uint8 (affine-quantized, dequantized at load). Labels and the input
+contract go into model.json's `userDefinedMetadata`, so a page needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from factory.errors import FactoryError
+from targets.base import Artifact
+from targets.latency import run_timer
+
+QUANTIZE_MODES = ("float32", "float16", "uint8")
+JS_DIR = Path(__file__).parent / "js"
+RUNNER = JS_DIR / "run_tfjs.mjs"
+
+
+def node_ready() -> str | None:
+    """None if Node and the npm packages are installed, else what to run to install them."""
+    if shutil.which("node") is None:
+        return "Node.js is not installed (apt-get install nodejs)"
+    if not (JS_DIR / "node_modules" / "@tensorflow" / "tfjs").is_dir():
+        return f"TF.js packages are not installed: npm ci --prefix {JS_DIR}"
+    return None
+
+
+class TFJSTarget:
+    name = "tfjs"
+    quantize_modes = QUANTIZE_MODES
+    default_quantize = "float32"
+
+    def convert(self, model, quantize: str, out_dir: Path, context) -> Artifact:
+        if quantize not in QUANTIZE_MODES:
+            raise FactoryError(f"unknown TF.js --quantize {quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}")
+        from tensorflowjs.converters import tf_saved_model_conversion_v2 as converter
+
+        from factory.tf_setup import tf
+
+        start = time.perf_counter()
+        folder = Path(out_dir) / f"tfjs_{quantize}"
+        size = model.input_shape[1]
+        metadata = {
+            "edgefactory": {
+                "name": context.name,
+                "labels": context.labels,
+                "input": {"size": [size, size], "channels": "RGB", "pixel_range": [0, 255], "dtype": "float32"},
+                "normalization_in_graph": context.normalization,
+                "output": "probabilities",
+            }
+        }
+        with tempfile.TemporaryDirectory() as saved:
+            tf.saved_model.save(model, saved)
+            try:
+                converter.convert_tf_saved_model(
+                    saved, str(folder),
+                    quantization_dtype_map=None if quantize == "float32" else {quantize: True},
+                    metadata=metadata,
+                )
+            except Exception as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise FactoryError(f"TF.js conversion ({quantize}) failed: {message}") from exc
+        check_quantized(folder, quantize)
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        return Artifact(self.name, quantize, folder / "model.json", files, round(time.perf_counter() - start, 2))
+
+    def predict(self, artifact: Artifact, images: np.ndarray) -> np.ndarray:
+        return run_node(artifact.path.parent, images)
+
+    def latency(self, artifact: Artifact, *, runs: int = 30, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
+        _require_node()
+        size = json.loads(artifact.path.read_text())["userDefinedMetadata"]["edgefactory"]["input"]["size"]
+        command = ["node", str(RUNNER), "latency", str(artifact.path.parent), str(size[0]), str(size[1]),
+                   str(runs), str(warmup), str(batch)]
+        return run_timer(command, f"{artifact.path.parent.name} in Node")
+
+    def describe(self, artifact: Artifact) -> dict:
+        manifest = json.loads(artifact.path.read_text())
+        weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
+        stored = sorted({w.get("quantization", {}).get("dtype", w["dtype"]) for w in weights})
+        return {"weight_types": stored, "format": manifest.get("format")}
+
+
+def check_quantized(folder: Path, quantize: str) -> None:
+    """Fail if the weights in model.json are not stored as `quantize` promises."""
+    manifest = json.loads((folder / "model.json").read_text())
+    weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
+    float_weights = [w for w in weights if w["dtype"] == "float32"]
+    quantized = [w.get("quantization", {}).get("dtype") for w in float_weights]
+    ok = all(q is None for q in quantized) if quantize == "float32" else any(q == quantize for q in quantized)
+    if not ok:
+        raise FactoryError(f"{folder.name}: weights are not stored as {quantize}; report this model with --debug")
+
+
+def _require_node() -> None:
+    problem = node_ready()
+    if problem:
+        raise FactoryError(problem)
+
+
+def run_node(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities for uint8 `images` from the TF.js model in `model_dir`, computed in Node."""
+    _require_node()
+    n, h, w, _ = images.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp) / "images.bin", Path(tmp) / "probs.bin"
+        np.ascontiguousarray(images, dtype=np.uint8).tofile(inputs)
+        result = subprocess.run(
+            ["node", str(RUNNER), "predict", str(model_dir), str(inputs), str(n), str(h), str(w), str(outputs)],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise FactoryError(f"TF.js model {model_dir} failed in Node: {result.stderr.strip()[-500:]}")
+        return np.fromfile(outputs, dtype=np.float32).reshape(n, -1)
