@@ -84,7 +84,7 @@ class TFJSTarget:
     def describe(self, artifact: Artifact) -> dict:
         manifest = json.loads(artifact.path.read_text())
         weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
-        stored = sorted({w.get("quantization", {}).get("dtype", w["dtype"]) for w in weights})
+        stored = sorted({w.get("quantization", {}).get("dtype", "float32") for w in weights if w["dtype"] == "float32"})
         return {"weight_types": stored, "format": manifest.get("format")}
 
 

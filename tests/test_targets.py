@@ -1,0 +1,162 @@
+"""Every quantize mode of both targets on a genuinely trained small CNN, run in the real runtimes."""
+import json
+import os
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+from factory.errors import FactoryError
+from factory.tf_setup import keras
+from targets import REGISTRY, parity, tflite, tflite_metadata
+from targets.base import ConversionContext
+from targets.quantize import Calibration, calibration_subset, quantization_aware_model
+from targets.tfjs import node_ready
+
+NORMALIZATION = {"scale": 1 / 128, "offset": -127 / 128, "input_range": [0, 255]}
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """A small CNN with the factory's input contract (pixels in, normalization in the graph),
+    BatchNorm and a frozen first block, trained for real on sklearn digits."""
+    from factory import data
+
+    digits = data.load("digits", 32, seed=0)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 128, offset=-127 / 128, name="normalize")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="dw")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.Conv2D(8, 1, name="project")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="classifier")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.train.images, digits.train.labels, epochs=15, batch_size=32, verbose=0)
+    model.get_layer("conv1").trainable = False
+    probs = model.predict(digits.test.images, verbose=0)
+    assert np.mean(probs.argmax(1) == digits.test.labels) > 0.8
+    context = ConversionContext(
+        name="digits", labels=digits.class_names, normalization=NORMALIZATION,
+        calibration=Calibration(
+            calibration_subset(digits.train.images, 100), digits.train.images, digits.train.labels,
+            digits.val.images, digits.val.labels,
+        ),
+        qat_learning_rate=1e-4,
+    )
+    return model, digits, probs, context
+
+
+@pytest.mark.parametrize("mode", tflite.QUANTIZE_MODES)
+def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
+    model, digits, keras_probs, context = digits_model
+    target = REGISTRY["tflite"]
+    artifact = target.convert(model, mode, tmp_path, context)
+    report = parity.compare(keras_probs, target.predict(artifact, digits.test.images), digits.test.labels)
+    parity.gate(mode, mode, report, None)  # raises below the default threshold
+    assert report["accuracy"] > 0.75
+    types = target.describe(artifact)["tensor_types"]
+    if mode in ("int8", "qat"):
+        assert types["input"] == types["output"] == "uint8" and "float32" not in types["tensors"]
+    if mode == "float32":
+        assert report["max_abs_diff"] < 1e-4
+    timing = target.latency(artifact, runs=5, warmup=1)
+    assert timing["p50_ms"] > 0 and timing["threads"] == 1
+
+
+def test_int8_is_smaller_than_float32(digits_model, tmp_path):
+    model, _, _, context = digits_model
+    target = REGISTRY["tflite"]
+    sizes = {m: target.convert(model, m, tmp_path, context).path.stat().st_size for m in ("float32", "int8", "float16")}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+
+
+def test_qat_keeps_batchnorm_frozen_and_trains_the_rest(digits_model):
+    model = digits_model[0]
+    quantized = quantization_aware_model(model)
+    trainable = {w.name.split("/")[0] for w in quantized.trainable_weights}
+    assert not any("bn" in name for name in trainable)
+    assert {"conv1", "dw", "project", "classifier"} <= {n.replace("quant_", "") for n in trainable}
+
+
+def test_unquantized_file_is_caught(digits_model, tmp_path):
+    model, _, _, context = digits_model
+    artifact = REGISTRY["tflite"].convert(model, "float32", tmp_path, context)
+    with pytest.raises(FactoryError, match="did not quantize as asked"):
+        tflite.check_quantized(artifact.path, "int8")
+
+
+def test_parity_gate_names_the_artifact_and_threshold():
+    keras_probs = np.eye(4)[[0, 1, 2, 3]]
+    artifact_probs = np.eye(4)[[0, 1, 2, 0]]
+    report = parity.compare(keras_probs, artifact_probs, np.array([0, 1, 2, 3]))
+    assert report["agreement"] == 0.75
+    with pytest.raises(FactoryError, match="tflite int8 agrees with the Keras model on 0.750 .* --min-agreement 0.94"):
+        parity.gate("tflite int8", "int8", report, None)
+    assert parity.gate("tflite int8", "int8", report, 0.7) == 0.7
+
+
+def test_tflite_metadata_carries_labels_and_normalization(digits_model, tmp_path):
+    model, digits, _, context = digits_model
+    path = REGISTRY["tflite"].convert(model, "int8", tmp_path, context).path
+    assert tflite_metadata.read_labels(path) == digits.class_names
+    metadata = tflite_metadata.read_metadata(path)
+    assert metadata[4:8] == b"M001" and b"labels.txt" in metadata and b"image" in metadata
+    assert zipfile.is_zipfile(path)
+
+
+MEDIAPIPE_PYTHON = os.path.join(os.path.dirname(__file__), "..", ".venv-mediapipe", "bin", "python")
+
+
+@pytest.mark.skipif(not os.path.exists(MEDIAPIPE_PYTHON) and not os.environ.get("CI"),
+                    reason="MediaPipe lives in .venv-mediapipe (made by .ci/run): it cannot share TF's venv")
+@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_artifact_works_as_is_in_mediapipe_image_classifier(digits_model, tmp_path, mode):
+    model, digits, keras_probs, context = digits_model
+    path = REGISTRY["tflite"].convert(model, mode, tmp_path, context).path
+    images = digits.test.images[:40]
+    np.save(tmp_path / "images.npy", images)
+    script = tmp_path / "classify.py"
+    script.write_text(
+        "import json, sys, numpy as np, mediapipe as mp\n"
+        "from mediapipe.tasks import python as mpt\n"
+        "from mediapipe.tasks.python import vision\n"
+        "options = vision.ImageClassifierOptions(base_options=mpt.BaseOptions(model_asset_path=sys.argv[1]), max_results=1)\n"
+        "with vision.ImageClassifier.create_from_options(options) as classifier:\n"
+        "    names = [classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(im)))"
+        ".classifications[0].categories[0].category_name for im in np.load(sys.argv[2])]\n"
+        "print(json.dumps(names))\n"
+    )
+    result = subprocess.run([MEDIAPIPE_PYTHON, str(script), str(path), str(tmp_path / "images.npy")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = [digits.class_names[i] for i in tflite.run_interpreter(path, images).argmax(1)]
+    assert np.mean(np.array(names) == np.array(expected)) >= 0.95
+    keras_names = [digits.class_names[i] for i in keras_probs[:40].argmax(1)]
+    assert np.mean(np.array(names) == np.array(keras_names)) >= 0.9
+
+
+requires_node = pytest.mark.skipif(node_ready() is not None and not os.environ.get("CI"), reason=str(node_ready()))
+
+
+@requires_node
+@pytest.mark.parametrize("mode", ["float32", "float16", "uint8"])
+def test_tfjs_mode_runs_in_node_and_agrees(digits_model, tmp_path, mode):
+    model, digits, keras_probs, context = digits_model
+    target = REGISTRY["tfjs"]
+    artifact = target.convert(model, mode, tmp_path, context)
+    report = parity.compare(keras_probs, target.predict(artifact, digits.test.images), digits.test.labels)
+    assert report["agreement"] >= (0.99 if mode != "uint8" else 0.9)
+    stored = target.describe(artifact)["weight_types"]
+    assert (mode in stored) if mode != "float32" else stored == ["float32"]
+    meta = json.loads(artifact.path.read_text())["userDefinedMetadata"]["edgefactory"]
+    assert meta["labels"] == digits.class_names and meta["input"]["pixel_range"] == [0, 255]
+    timing = target.latency(artifact, runs=5, warmup=1)
+    assert timing["backend"] == "wasm" and timing["p50_ms"] > 0
