@@ -13,7 +13,7 @@ from rich.table import Table
 from factory.errors import FactoryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edge model factory: transfer-learn, convert, verify.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrapped table cells
 
 
 class Int8IO(str, Enum):

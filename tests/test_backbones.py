@@ -35,14 +35,16 @@ def test_weights_reader_refuses_to_run_pickled_code(tmp_path):
         load_state_dict(path)
 
 
-def test_efficientnet_lite0_port_classifies_real_photos():
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_efficientnet_lite_port_classifies_real_photos(variant):
     import skimage.data
 
-    inputs = keras.Input((224, 224, 3))
+    size = efficientnet_lite.VARIANTS[variant][2]
+    inputs = keras.Input((size, size, 3))
     normalized = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
-    model = keras.Model(inputs, efficientnet_lite.build(normalized, "lite0", include_top=True))
+    model = keras.Model(inputs, efficientnet_lite.build(normalized, variant, include_top=True))
     photos = np.stack([
-        tf.image.resize(getattr(skimage.data, name)(), (224, 224)).numpy() for name in ("coffee", "chelsea")
+        tf.image.resize(getattr(skimage.data, name)(), (size, size)).numpy() for name in ("coffee", "chelsea")
     ])
     probs = tf.nn.softmax(model(photos)).numpy()
     assert probs[0].argmax() == ESPRESSO and probs[0].max() > 0.5

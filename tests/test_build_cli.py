@@ -28,19 +28,40 @@ def fashion_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("fe") / "build"
     result = factory_build(
         "--data", "fashion-mnist", "--backbone", "efficientnet_lite0", "--strategy", "feature-extraction",
-        "--target", "tflite", "--input-size", "96", "--limit", "3000", "--out", str(out),
+        "--target", "tflite", "--target", "tfjs", "--quantize", "float32", "--quantize", "int8",
+        "--input-size", "96", "--limit", "3000", "--latency-runs", "10", "--out", str(out),
     )
     return out, manifest_lib.read(out), result.stdout
+
+
+def artifact(manifest, target, quantize):
+    [entry] = [a for a in manifest["artifacts"] if (a["target"], a["quantize"]) == (target, quantize)]
+    return entry
 
 
 def test_feature_extraction_build_reaches_target_accuracy(fashion_build):
     out, manifest, stdout = fashion_build
     keras_accuracy = manifest["metrics"]["keras_test_accuracy"]
-    [artifact] = manifest["artifacts"]
+    float32 = artifact(manifest, "tflite", "float32")
     assert keras_accuracy >= 0.80
-    assert abs(artifact["accuracy"] - keras_accuracy) <= 0.01
-    assert artifact["agreement"] >= 0.99
-    assert "test accuracy" in stdout and "tflite float32" in stdout
+    assert abs(float32["accuracy"] - keras_accuracy) <= 0.01
+    assert float32["agreement"] >= 0.99
+    assert "test accuracy" in stdout and "tflite float32" in stdout and "tfjs float32" in stdout
+
+
+def test_every_artifact_is_verified_and_timed(fashion_build):
+    out, manifest, _ = fashion_build
+    assert {(a["target"], a["quantize"]) for a in manifest["artifacts"]} == {
+        ("tflite", "float32"), ("tflite", "int8"), ("tfjs", "float32")}  # tfjs offers no int8
+    for entry in manifest["artifacts"]:
+        assert entry["agreement"] >= entry["min_agreement"]
+        assert entry["latency"]["p50_ms"] > 0 and entry["latency"]["p90_ms"] >= entry["latency"]["p50_ms"]
+        assert entry["sha256"] == manifest_lib.sha256(out / entry["file"])
+    int8, float32 = artifact(manifest, "tflite", "int8"), artifact(manifest, "tflite", "float32")
+    assert int8["bytes"] <= 0.3 * float32["bytes"]
+    assert int8["tensor_types"]["input"] == "uint8"
+    assert abs(int8["accuracy"] - manifest["metrics"]["keras_test_accuracy"]) <= 0.03
+    assert artifact(manifest, "tfjs", "float32")["agreement"] >= 0.99
 
 
 def test_manifest_records_the_build(fashion_build):
@@ -51,7 +72,7 @@ def test_manifest_records_the_build(fashion_build):
     assert manifest["data"]["splits"] == {"train": 2100, "validation": 300, "test": 600}
     assert manifest["hyperparameters"]["limit"] == 3000 and manifest["seed"] == 0
     assert manifest["versions"]["tensorflow"] and manifest["versions"]["ai-edge-litert"]
-    assert set(manifest["files"]) == {"model_float32.tflite", "labels.txt"}
+    assert set(manifest["files"]) >= {"model_float32.tflite", "model_int8.tflite", "tfjs_float32/model.json", "labels.txt"}
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == manifest_lib.sha256(out / name)
     assert (out / "labels.txt").read_text().split() == manifest["data"]["classes"]
