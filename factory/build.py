@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, output
+from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, output, store
 from factory.errors import FactoryError
 from factory.recipe import Recipe
 from factory.strategies import STRATEGIES
@@ -20,6 +20,9 @@ from targets.quantize import Calibration, calibration_subset
 class BuildResult:
     out: Path
     manifest: dict
+    classifier: classifier_lib.Classifier
+    data: data_lib.Dataset
+    release: Path | None = None  # where it was published, if it was
 
 
 def plan_artifacts(target_names: list[str], quantize: list[str]) -> list[tuple]:
@@ -38,6 +41,11 @@ def run(recipe: Recipe, reporter) -> BuildResult:
     if recipe.strategy not in STRATEGIES:
         raise FactoryError(f"unknown strategy {recipe.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     plan = plan_artifacts(recipe.targets, recipe.quantize)
+    model_name = recipe.model_name or Path(recipe.out).resolve().name
+    if recipe.publish:
+        store.check_name("--model-name", model_name)
+        if recipe.version and recipe.version in store.versions(Path(recipe.publish), model_name):
+            raise FactoryError(f"{model_name} version {recipe.version} is already published; choose another --version")
     backbone = backbones.resolve(recipe.backbone, recipe.input_size, recipe.weights)
     output.check_destination(Path(recipe.out))
     keras.utils.set_random_seed(recipe.seed)
@@ -75,7 +83,8 @@ def run(recipe: Recipe, reporter) -> BuildResult:
             "artifacts": artifacts,
         }
         manifest.write(staging, body)
-    return BuildResult(Path(recipe.out), manifest.read(Path(recipe.out)))
+    release = store.publish(Path(recipe.out), Path(recipe.publish), model_name, recipe.version) if recipe.publish else None
+    return BuildResult(Path(recipe.out), manifest.read(Path(recipe.out)), model, data, release)
 
 
 def export(model, data, recipe: Recipe, plan, out_dir: Path, keras_probs: np.ndarray, reporter) -> list[dict]:

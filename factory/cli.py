@@ -61,6 +61,9 @@ def build(
     int8_io: Int8IO = typer.Option(Int8IO.uint8, help="Input/output type of int8 and qat TFLite models."),
     qat_epochs: int = typer.Option(2, min=1, help="Epochs of quantization-aware training for --quantize qat."),
     latency_runs: int = typer.Option(30, min=0, help="Batch-1 timing runs per artifact in a fresh process (0: skip)."),
+    publish: Optional[Path] = typer.Option(None, help="Publish the finished build into this store folder."),
+    model_name: Optional[str] = typer.Option(None, help="Model name in the store (default: the --out folder's name)."),
+    version: Optional[str] = typer.Option(None, help="Version in the store (default: the next number)."),
     epochs: int = typer.Option(15, min=1, help="Epochs for the head (early stopping may end sooner)."),
     fine_tune_epochs: int = typer.Option(5, min=1, help="Epochs for fine-tuning the unfrozen layers."),
     learning_rate: float = typer.Option(1e-3, min=0, help="Learning rate for the head."),
@@ -86,13 +89,16 @@ def build(
             fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size, patience=patience,
             limit=limit, seed=seed, strict_data=strict_data, targets=list(target), quantize=list(quantize),
             min_agreement=min_agreement, calibration_size=calibration_size, int8_io=int8_io.value,
-            qat_epochs=qat_epochs, latency_runs=latency_runs,
+            qat_epochs=qat_epochs, latency_runs=latency_runs, publish=str(publish) if publish else None,
+            model_name=model_name, version=version,
         )
         with Reporter(enabled=not quiet) as reporter:
             result = build_lib.run(recipe, reporter)
     except FactoryError as exc:
         _fail(exc, debug)
     _print_summary(result.manifest, result.out)
+    if result.release:
+        console.print(f"published: {result.release}")
 
 
 def _print_summary(manifest: dict, out: Path) -> None:
@@ -128,6 +134,69 @@ def list_backbones():
 
     for name in backbones.names():
         console.print(name)
+
+
+@app.command("models")
+def list_models(store: Path = typer.Argument(..., help="Store folder.")):
+    """List the models in STORE: versions, targets, accuracy and size."""
+    from factory import store as store_lib
+
+    rows = store_lib.summary(store)
+    if not rows:
+        console.print(f"no models in {store}")
+        return
+    table = Table(title=str(store))
+    for column in ("model", "version", "backbone / strategy", "keras acc", "artifacts (accuracy, size)", "created"):
+        table.add_column(column)
+    for row in rows:
+        artifacts = ", ".join(
+            f"{a['target']} {a['quantize']} ({a['accuracy']:.3f}, {_size(a['bytes'])})" for a in row["artifacts"]
+        )
+        version = row["version"] + (" (latest)" if row["latest"] else "")
+        table.add_row(row["model"], version, f"{row['backbone']} / {row['strategy']}",
+                      f"{row['keras_accuracy']:.3f}", artifacts, row["created"])
+    console.print(table)
+
+
+@app.command()
+def serve(
+    store: Path = typer.Argument(..., help="Store folder to serve read-only."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Serve STORE over HTTP: /models JSON index, release files with checksums, /demo/<model>."""
+    try:
+        from factory.server import serve as make_server
+
+        server = make_server(store, host, port)
+    except FactoryError as exc:
+        _fail(exc, debug)
+    console.print(f"serving {store} at http://{host}:{server.server_port}/models (demo: /demo/<model>)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@app.command()
+def fetch(
+    url: str = typer.Argument(..., help="Base URL of a `factory serve` store, e.g. http://127.0.0.1:8000"),
+    model: str = typer.Option(..., help="Model name in the store."),
+    out: Path = typer.Option(..., help="Folder to write the artifact, labels.txt and manifest.json into."),
+    version: Optional[str] = typer.Option(None, help="Version (default: latest)."),
+    target: str = typer.Option("tflite", help="tflite or tfjs."),
+    quantize: Optional[str] = typer.Option(None, help="Which quantization (default: the first one published)."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Download a published artifact and verify every file's sha256 against the manifest."""
+    try:
+        from factory.fetch import fetch as fetch_artifact
+
+        entry = fetch_artifact(url, model, out, version=version, target=target, quantize=quantize)
+    except FactoryError as exc:
+        _fail(exc, debug)
+    console.print(f"fetched {model} {entry['version']} {entry['target']} {entry['quantize']} -> {out} (sha256 verified)")
 
 
 def main():  # console script entry point

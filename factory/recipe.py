@@ -32,6 +32,9 @@ class Recipe:
     int8_io: str = "uint8"  # input/output type of full-integer TFLite models
     qat_epochs: int = 2
     latency_runs: int = 30  # batch-1 timing runs per artifact in a fresh process; 0 skips
+    publish: str | None = None  # store folder to publish the finished build into
+    model_name: str | None = None  # name in the store (default: the --out folder's name)
+    version: str | None = None  # version in the store (default: next number)
 
     def __post_init__(self):
         if self.fine_tune_learning_rate is None:
