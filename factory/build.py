@@ -1,6 +1,7 @@
 """The build pipeline: recipe -> data -> backbone -> strategy -> targets -> manifest."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from factory import backbones, classifier as classifier_lib, data as data_lib, m
 from factory.errors import FactoryError
 from factory.recipe import Recipe
 from factory.strategies import STRATEGIES
+from factory.strategies.session import TrainingSession, recipe_fingerprint
 from factory.tf_setup import keras
 from targets import base as targets, parity
 from targets.quantize import Calibration, calibration_subset
@@ -38,7 +40,7 @@ def plan_artifacts(target_names: list[str], quantize: list[str]) -> list[tuple]:
 
 
 def run(recipe: Recipe, reporter) -> BuildResult:
-    if recipe.strategy not in STRATEGIES:
+    if recipe.strategy not in (*STRATEGIES, "auto"):
         raise FactoryError(f"unknown strategy {recipe.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     plan = plan_artifacts(recipe.targets, recipe.quantize)
     model_name = recipe.model_name or Path(recipe.out).resolve().name
@@ -58,7 +60,15 @@ def run(recipe: Recipe, reporter) -> BuildResult:
     for line in data.skipped:
         reporter.note(f"[yellow]skipped unreadable image[/] {line}")
     model = classifier_lib.build(backbone, len(data.class_names), recipe.dropout)
-    phases = STRATEGIES[recipe.strategy](model, data, recipe, reporter)
+    advice = None
+    if recipe.strategy == "auto":
+        advice = advise(model, data, recipe, reporter)
+        recipe = dataclasses.replace(recipe, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks,
+                                     augment=None)
+    session = TrainingSession(model.model, recipe.checkpoint_dir, recipe_fingerprint(recipe), recipe.resume)
+    if session.resumed:
+        reporter.note(f"resuming after {len(session.done)} finished phase(s) from {recipe.checkpoint_dir}")
+    phases = STRATEGIES[recipe.strategy](model, data, recipe, reporter, session)
     train_seconds = time.perf_counter() - start
     trainable = classifier_lib.trainable_summary(model.model)
     keras_probs = model.model.predict(data.test.images, batch_size=64, verbose=0)
@@ -72,7 +82,8 @@ def run(recipe: Recipe, reporter) -> BuildResult:
                 "name": backbone.name, "input_size": backbone.input_size,
                 "normalization": backbone.normalization, "weights": backbone.source,
             },
-            "strategy": {"name": recipe.strategy, **trainable, "phases": [p.as_dict() for p in phases]},
+            "strategy": {"name": recipe.strategy, **trainable, "phases": [p.as_dict() for p in phases],
+                         "advice": advice.as_dict() if advice else None},
             "hyperparameters": recipe.as_dict(),
             "seed": recipe.seed,
             "data": {
@@ -83,8 +94,21 @@ def run(recipe: Recipe, reporter) -> BuildResult:
             "artifacts": artifacts,
         }
         manifest.write(staging, body)
+    session.finish()
     release = store.publish(Path(recipe.out), Path(recipe.publish), model_name, recipe.version) if recipe.publish else None
     return BuildResult(Path(recipe.out), manifest.read(Path(recipe.out)), model, data, release)
+
+
+def advise(model, data, recipe: Recipe, reporter):
+    from factory import advisor
+
+    task = reporter.start("advisor probe (linear head, learning curve)", total=1)
+    advice = advisor.recommend(advisor.probe(model, data, seed=recipe.seed, cache_dir=recipe.cache_dir,
+                                             use_cache=recipe.cache))
+    reporter.finish(task)
+    blocks = f", top {advice.unfreeze_blocks} blocks" if advice.unfreeze_blocks else ""
+    reporter.note(f"advisor: {advice.strategy}{blocks} -- " + "; ".join(advice.reasons))
+    return advice
 
 
 def export(model, data, recipe: Recipe, plan, out_dir: Path, keras_probs: np.ndarray, reporter) -> list[dict]:

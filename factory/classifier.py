@@ -6,6 +6,7 @@ small head-only model that trains on cached features: same weights, no copy.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,45 @@ def unfreeze_top(classifier: Classifier, count: int | None) -> list[str]:
     for layer in chosen:
         layer.trainable = True
     return [layer.name for layer in chosen]
+
+
+_BLOCK = re.compile(r"^(block_?\d+)")
+
+
+def layer_groups(classifier: Classifier) -> list[tuple[str, list]]:
+    """Backbone layers grouped into blocks, bottom to top: stem, block0 ... blockN, top.
+
+    A block is a run of layers named `block<N>_...` or `block_<N>_...` (EfficientNet-Lite,
+    keras.applications); layers before the first block form "stem", after the last "top".
+    A backbone without numbered blocks (a hub layer) is one group.
+    """
+    groups: list[tuple[str, list]] = []
+    seen_block = False
+    for layer in classifier.backbone_layers():
+        match = _BLOCK.match(layer.name)
+        if match:
+            seen_block = True
+            name = match.group(1)
+        else:
+            name = "top" if seen_block else "stem"
+        if not groups or groups[-1][0] != name:
+            groups.append((name, []))
+        groups[-1][1].append(layer)
+    if not seen_block:
+        return [("backbone", classifier.backbone_layers())]
+    return groups
+
+
+def unfreeze_top_blocks(classifier: Classifier, count: int) -> list[str]:
+    """Unfreeze (BatchNorm excepted) the top `count` groups of `layer_groups`; returns layer names."""
+    freeze_backbone(classifier)
+    chosen = [layer for _, layers in layer_groups(classifier)[-count:] for layer in layers] if count else []
+    names = []
+    for layer in chosen:
+        if layer.weights and not is_batch_norm(layer):
+            layer.trainable = True
+            names.append(layer.name)
+    return names
 
 
 def trainable_summary(model: keras.Model) -> dict:

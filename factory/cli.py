@@ -24,6 +24,7 @@ class Int8IO(str, Enum):
 class Strategy(str, Enum):
     feature_extraction = "feature-extraction"
     fine_tune = "fine-tune"
+    auto = "auto"
 
 
 def _parse_unfreeze(value: str) -> int | None:
@@ -48,8 +49,16 @@ def build(
     backbone: str = typer.Option("efficientnet_lite0", help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR."),
     weights: Optional[Path] = typer.Option(None, help="Local weights file for keras.applications backbones."),
     input_size: Optional[int] = typer.Option(None, help="Square input size in pixels (default: the backbone's own)."),
-    strategy: Strategy = typer.Option(Strategy.feature_extraction, help="Train only a new head, or fine-tune the backbone's top too."),
+    strategy: Strategy = typer.Option(
+        Strategy.feature_extraction, help="Train only a new head, fine-tune the backbone's top too, or let the advisor choose."),
     unfreeze: str = typer.Option("20", help="fine-tune: number of top backbone layers to unfreeze, or 'all'."),
+    unfreeze_blocks: Optional[int] = typer.Option(
+        None, min=0, help="fine-tune: unfreeze the top K blocks (stem, block0..N, top) instead of --unfreeze layers."),
+    gradual: bool = typer.Option(False, help="fine-tune: unfreeze one more block per stage while validation improves."),
+    augment: Optional[bool] = typer.Option(None, help="Flip/crop/rotate training images while fine-tuning (default: on)."),
+    class_weights: bool = typer.Option(True, help="Balanced class weights when classes are imbalanced."),
+    cache: bool = typer.Option(True, help="Cache frozen-backbone features on disk ($EDGEFACTORY_CACHE)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted build from its last completed epoch."),
     target: List[str] = typer.Option(["tflite"], help="Deployment target: tflite, tfjs; repeat for several."),
     quantize: List[str] = typer.Option(
         [], help="tflite: float32, float16, dynamic, int8, qat; tfjs: float32, float16, uint8. Repeat for several "
@@ -85,6 +94,8 @@ def build(
         recipe = Recipe(
             data=data, out=str(out), backbone=backbone, weights=str(weights) if weights else None,
             input_size=input_size, strategy=strategy.value, unfreeze=_parse_unfreeze(unfreeze),
+            unfreeze_blocks=unfreeze_blocks, gradual=gradual, augment=augment, class_weights=class_weights,
+            cache=cache, resume=resume,
             epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate,
             fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size, patience=patience,
             limit=limit, seed=seed, strict_data=strict_data, targets=list(target), quantize=list(quantize),
@@ -134,6 +145,81 @@ def list_backbones():
 
     for name in backbones.names():
         console.print(name)
+
+
+def _load_for_probe(data: str, backbone: str, weights, input_size, limit, seed):
+    from factory import backbones, classifier, data as data_lib
+
+    chosen = backbones.resolve(backbone, input_size, str(weights) if weights else None)
+    dataset = data_lib.load(data, chosen.input_size, limit=limit, seed=seed)
+    return classifier.build(chosen, len(dataset.class_names)), dataset
+
+
+@app.command()
+def advise(
+    data: str = typer.Option(..., help="Folder with one sub-folder per class, or a named source."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Registry name or hub:HANDLE_OR_DIR."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file for keras.applications backbones."),
+    input_size: Optional[int] = typer.Option(None, help="Square input size in pixels."),
+    limit: Optional[int] = typer.Option(None, min=2, help="Use a stratified subset of this many images."),
+    seed: int = typer.Option(0),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Probe DATA with a linear head on frozen features and recommend a strategy, with the evidence."""
+    try:
+        from factory import advisor
+
+        model, dataset = _load_for_probe(data, backbone, weights, input_size, limit, seed)
+        advice = advisor.recommend(advisor.probe(model, dataset, seed=seed))
+    except FactoryError as exc:
+        _fail(exc, debug)
+    evidence = advice.evidence
+    console.print(f"learning curve (linear probe, validation accuracy): {evidence['learning_curve']}")
+    console.print(f"images per class: min {evidence['images_per_class_min']}, "
+                  f"median {evidence['images_per_class_median']:.0f}; classes {evidence['classes']}")
+    blocks = f" --unfreeze-blocks {advice.unfreeze_blocks}" if advice.unfreeze_blocks else ""
+    console.print(f"[bold]recommendation:[/] --strategy {advice.strategy}{blocks}")
+    for reason in advice.reasons:
+        console.print(f"  - {reason}")
+
+
+@app.command()
+def inspect(
+    data: str = typer.Option(..., help="Folder with one sub-folder per class, or a named source."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Registry name or hub:HANDLE_OR_DIR."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file for keras.applications backbones."),
+    input_size: Optional[int] = typer.Option(None, help="Square input size in pixels."),
+    unfreeze_blocks: int = typer.Option(3, min=0, help="Unfreeze the top K blocks before measuring."),
+    limit: Optional[int] = typer.Option(None, min=2, help="Use a stratified subset of this many images."),
+    batches: int = typer.Option(3, min=1, help="Batches to average the gradient norms over."),
+    plot: Path = typer.Option(Path("gradient_flow.png"), help="Where to save the bar chart (PNG)."),
+    seed: int = typer.Option(0),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Print the gradient norm per block after training a head and unfreezing the top blocks."""
+    try:
+        from factory import inspect as inspect_lib
+        from factory.classifier import unfreeze_top_blocks
+        from factory.progress import Silent
+        from factory.recipe import Recipe
+        from factory.strategies import feature_extraction
+        from factory.strategies.session import TrainingSession
+
+        model, dataset = _load_for_probe(data, backbone, weights, input_size, limit, seed)
+        recipe = Recipe(data=data, out="unused", seed=seed)
+        feature_extraction.train(model, dataset, recipe, Silent(), TrainingSession(model.model))
+        unfreeze_top_blocks(model, unfreeze_blocks)
+        rows = inspect_lib.gradient_flow(model, dataset.train.images, dataset.train.labels, batches=batches)
+    except FactoryError as exc:
+        _fail(exc, debug)
+    table = Table(title=f"gradient norm per block, top {unfreeze_blocks} blocks unfrozen (after head training)")
+    for column in ("block", "trainable params", "gradient norm"):
+        table.add_column(column, justify="left" if column == "block" else "right")
+    for row in rows:
+        norm = f"{row['grad_norm']:.3e}" if row["trainable_params"] else "frozen"
+        table.add_row(row["group"], f"{row['trainable_params']:,}", norm)
+    console.print(table)
+    console.print(f"plot: {inspect_lib.plot(rows, plot, f'{backbone}: gradient flow, top {unfreeze_blocks} blocks unfrozen')}")
 
 
 @app.command("models")

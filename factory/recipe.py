@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -13,6 +14,13 @@ class Recipe:
     input_size: int | None = None  # None: the backbone's native size
     strategy: str = "feature-extraction"
     unfreeze: int | None = 20  # fine-tune: top N weighted backbone layers; None = all
+    unfreeze_blocks: int | None = None  # fine-tune: top K blocks instead of N layers
+    gradual: bool = False  # fine-tune: one more block per stage while validation improves
+    augment: bool | None = None  # flip / crop / rotate while fine-tuning; None: on for fine-tune
+    class_weights: bool = True  # balanced class weights when the classes are imbalanced (>1.5x)
+    cache: bool = True  # cache frozen-backbone features on disk
+    cache_dir: str | None = None  # default: $EDGEFACTORY_CACHE or ~/.cache/edgefactory
+    resume: bool = False  # continue an interrupted build from its checkpoint
     epochs: int = 15  # head training (feature extraction, and phase 1 of fine-tuning)
     fine_tune_epochs: int = 5
     learning_rate: float = 1e-3
@@ -39,6 +47,14 @@ class Recipe:
     def __post_init__(self):
         if self.fine_tune_learning_rate is None:
             self.fine_tune_learning_rate = self.learning_rate / 10
+        if self.augment is None and self.strategy != "auto":
+            self.augment = self.strategy == "fine-tune"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where an unfinished build keeps its checkpoint: a hidden folder beside --out."""
+        out = Path(self.out).resolve()
+        return out.parent / f".{out.name}.checkpoint"
 
     def as_dict(self) -> dict:
         return asdict(self)

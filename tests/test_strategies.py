@@ -6,6 +6,7 @@ from factory.classifier import is_batch_norm
 from factory.progress import Silent
 from factory.recipe import Recipe
 from factory.strategies import STRATEGIES
+from factory.strategies.session import TrainingSession
 
 
 def snapshot(layers):
@@ -21,10 +22,11 @@ def accuracy(model, split):
 
 
 def train(strategy, data, **overrides):
-    recipe = Recipe(data="fashion-mnist", out="unused", strategy=strategy, epochs=8, fine_tune_epochs=2, **overrides)
+    recipe = Recipe(data="fashion-mnist", out="unused", strategy=strategy, epochs=8, fine_tune_epochs=2,
+                    cache=False, **overrides)
     model = classifier.build(backbones.resolve("efficientnet_lite0", 64), len(data.class_names))
     before = snapshot(model.model.layers)
-    phases = STRATEGIES[strategy](model, data, recipe, Silent())
+    phases = STRATEGIES[strategy](model, data, recipe, Silent(), TrainingSession(model.model))
     return model, before, phases
 
 

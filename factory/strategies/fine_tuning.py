@@ -1,35 +1,65 @@
 """Fine-tuning: train the head first, then unfreeze the top of the backbone at a lower rate.
 
 Phase 1 is feature extraction (a random head's large gradients would wreck the pretrained
-features). Phase 2 unfreezes the top `recipe.unfreeze` weighted layers (None: all), keeps every
-BatchNorm frozen and in inference mode, and trains at `recipe.fine_tune_learning_rate` with
-early stopping that restores the best weights.
+features). Phase 2 unfreezes the top `--unfreeze-blocks K` blocks, or the top `--unfreeze N`
+weighted layers (all: every one), keeps every BatchNorm frozen and in inference mode, trains
+at `fine_tune_learning_rate` (default: a tenth of the head's) on augmented images, with early
+stopping that restores the best weights. `--gradual` unfreezes one more block per stage for
+as long as the validation loss improves, and keeps the best stage.
 """
 from __future__ import annotations
 
-from factory.classifier import Classifier, unfreeze_top
+from factory.classifier import Classifier, layer_groups, unfreeze_top, unfreeze_top_blocks
 from factory.data import Dataset
 from factory.errors import FactoryError
 from factory.strategies import feature_extraction
+from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase, fit
 
 
-def train(classifier: Classifier, data: Dataset, recipe, reporter) -> list[Phase]:
-    phases = feature_extraction.train(classifier, data, recipe, reporter)
-    unfrozen = unfreeze_top(classifier, recipe.unfreeze)
+def _fit_backbone(classifier, data, recipe, reporter, session, name) -> Phase:
+    return session.run(name, lambda backup_dir: fit(
+        classifier.model,
+        data.train.images, data.train.labels,
+        (data.val.images, data.val.labels),
+        name=name,
+        epochs=recipe.fine_tune_epochs,
+        learning_rate=recipe.fine_tune_learning_rate,
+        batch_size=recipe.batch_size,
+        patience=recipe.patience,
+        reporter=reporter,
+        class_weight=feature_extraction.class_weights(data, recipe),
+        augment=recipe.augment,
+        seed=recipe.seed,
+        backup_dir=backup_dir,
+    ))
+
+
+def train(classifier: Classifier, data: Dataset, recipe, reporter, session: TrainingSession) -> list[Phase]:
+    phases = feature_extraction.train(classifier, data, recipe, reporter, session)
+    if recipe.gradual:
+        return phases + _gradual(classifier, data, recipe, reporter, session, phases[-1])
+    if recipe.unfreeze_blocks is not None:
+        unfrozen = unfreeze_top_blocks(classifier, recipe.unfreeze_blocks)
+        name = f"fine-tune top {recipe.unfreeze_blocks} blocks"
+    else:
+        unfrozen = unfreeze_top(classifier, recipe.unfreeze)
+        name = f"fine-tune top {len(unfrozen)}"
     if not unfrozen:
         raise FactoryError("--unfreeze 0 leaves nothing to fine-tune; use --strategy feature-extraction")
-    phases.append(
-        fit(
-            classifier.model,
-            data.train.images, data.train.labels,
-            (data.val.images, data.val.labels),
-            name=f"fine-tune top {len(unfrozen)}",
-            epochs=recipe.fine_tune_epochs,
-            learning_rate=recipe.fine_tune_learning_rate,
-            batch_size=recipe.batch_size,
-            patience=recipe.patience,
-            reporter=reporter,
-        )
-    )
+    return phases + [_fit_backbone(classifier, data, recipe, reporter, session, name)]
+
+
+def _gradual(classifier, data, recipe, reporter, session, head_phase: Phase) -> list[Phase]:
+    limit = recipe.unfreeze_blocks or len(layer_groups(classifier))
+    phases, best = [], head_phase.best_val_loss
+    for blocks in range(1, limit + 1):
+        unfreeze_top_blocks(classifier, blocks)
+        phase = _fit_backbone(classifier, data, recipe, reporter, session, f"gradual: top {blocks} blocks")
+        phases.append(phase)
+        if phase.best_val_loss >= best:
+            session.revert_last()  # this stage did not help: keep the previous stage's weights
+            reporter.note(f"gradual unfreezing stopped at {blocks} blocks: validation loss stopped improving")
+            break
+        best = phase.best_val_loss
     return phases

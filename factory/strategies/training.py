@@ -1,12 +1,14 @@
-"""The one training loop every strategy uses: Adam, early stopping, best weights restored."""
+"""The one training loop every strategy uses: Adam, early stopping with the best weights
+restored, optional augmentation and class weights, and a per-epoch backup for --resume."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from factory.tf_setup import keras
+from factory.tf_setup import keras, tf
 
 
 @dataclass
@@ -41,13 +43,31 @@ class ProgressCallback(keras.callbacks.Callback):
         logs = logs or {}
         self.reporter.update(
             self.task,
-            f"{self.description} epoch {epoch + 1}/{self.epochs} "
+            f"{self.description} epoch {epoch + 1}/{self.epochs}: "
             f"loss {logs.get('loss', 0):.3f} val_acc {logs.get('val_accuracy', 0):.3f}",
             completed=(epoch + 1) * self.steps,
         )
 
     def on_train_end(self, logs=None):
         self.reporter.finish(self.task)
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Flip, small crop (zoom and shift) and small rotation: label-preserving for most photos."""
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomZoom(0.1, seed=seed),
+        keras.layers.RandomTranslation(0.05, 0.05, seed=seed),
+        keras.layers.RandomRotation(0.04, seed=seed),  # about +-15 degrees
+    ], name="augment")
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    """n / (k * count) per class when the largest class is over 1.5x the smallest, else None."""
+    counts = np.bincount(labels, minlength=num_classes)
+    if counts.min() == 0 or counts.max() <= 1.5 * counts.min():
+        return None
+    return {c: float(len(labels) / (num_classes * counts[c])) for c in range(num_classes)}
 
 
 def fit(
@@ -63,6 +83,9 @@ def fit(
     patience: int,
     reporter,
     class_weight: dict | None = None,
+    augment: bool = False,
+    seed: int = 0,
+    backup_dir: Path | None = None,
 ) -> Phase:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -70,17 +93,20 @@ def fit(
         metrics=["accuracy"],
     )
     steps = int(np.ceil(len(x) / batch_size))
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size)
+    if augment:
+        layers = augmenter(seed)
+        data = data.map(lambda images, labels: (layers(tf.cast(images, tf.float32), training=True), labels))
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+        ProgressCallback(reporter, name, epochs, steps),
+    ]
+    if backup_dir is not None:  # model + optimizer + epoch after every epoch; removed on success
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup_dir)))
     start = time.perf_counter()
     history = model.fit(
-        x, y,
-        validation_data=validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
-        class_weight=class_weight,
-        verbose=0,
-        callbacks=[stopper, ProgressCallback(reporter, name, epochs, steps)],
+        data.prefetch(2), validation_data=validation, epochs=epochs, class_weight=class_weight, verbose=0,
+        callbacks=callbacks,
     )
     val_loss = history.history["val_loss"]
     best = int(np.argmin(val_loss))

@@ -1,0 +1,86 @@
+"""Runs a strategy's phases and checkpoints them, so an interrupted build can --resume.
+
+After every completed phase the model's weights and the list of finished phases are saved;
+inside a phase, keras' BackupAndRestore saves model + optimizer + epoch after every epoch. On
+--resume, finished phases are skipped (their weights restored) and the interrupted phase
+continues from its last completed epoch. The folder is removed when the build succeeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from factory.errors import FactoryError
+from factory.strategies.training import Phase
+
+STATE = "state.json"
+
+
+def recipe_fingerprint(recipe) -> str:
+    """What must match for a checkpoint to be resumed: everything that shapes training."""
+    fields = recipe.as_dict()
+    for volatile in ("resume", "out", "publish", "model_name", "version", "targets", "quantize", "min_agreement",
+                     "calibration_size", "int8_io", "qat_epochs", "latency_runs"):
+        fields.pop(volatile, None)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class TrainingSession:
+    def __init__(self, model, folder: Path | None = None, fingerprint: str = "", resume: bool = False):
+        self.model, self.folder, self.fingerprint = model, folder, fingerprint
+        self.done: list[Phase] = []
+        self.snapshots: list[list] = []  # weights after each phase, for reverting a stage
+        self.resumed = False
+        if folder is None:
+            return
+        state_path = folder / STATE
+        if resume and state_path.is_file():
+            state = json.loads(state_path.read_text())
+            if state["recipe"] != fingerprint:
+                raise FactoryError(
+                    f"--resume: the checkpoint in {folder} was made by a different recipe; "
+                    "run again with the same options, or without --resume to start over"
+                )
+            self.done = [Phase(**p) for p in state["phases"]]
+            if self.done:
+                self.model.load_weights(str(folder / "weights" / "after_phase"))
+            self.resumed = True
+        elif not resume and folder.exists():
+            shutil.rmtree(folder)
+
+    def run(self, name: str, train: Callable[[Path | None], Phase]) -> Phase:
+        """Run phase `name` (train(backup_dir) -> Phase) unless a resumed checkpoint finished it."""
+        index = len(self.snapshots)
+        if index < len(self.done):
+            if self.done[index].name != name:
+                raise FactoryError(f"--resume: expected phase {self.done[index].name!r}, the recipe now runs {name!r}")
+            phase = self.done[index]
+        else:
+            backup = self.folder / f"phase{index}" if self.folder else None
+            phase = train(backup)
+            self.done.append(phase)
+            self._save()
+        self.snapshots.append(self.model.get_weights())
+        return phase
+
+    def revert_last(self) -> None:
+        """Drop the last phase's result: weights go back to the phase before it."""
+        self.snapshots.pop()
+        self.model.set_weights(self.snapshots[-1])
+
+    def _save(self) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_weights(str(self.folder / "weights" / "after_phase"))
+        state = {"recipe": self.fingerprint, "phases": [p.as_dict() for p in self.done]}
+        tmp = self.folder / (STATE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.folder / STATE)
+
+    def finish(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
