@@ -1,0 +1,110 @@
+"""Feature cache, block unfreezing, resume after a kill, advisor and gradient-flow report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from factory import advisor, backbones, classifier
+from factory.cache import FeatureCache
+from factory.classifier import is_batch_norm, layer_groups, unfreeze_top_blocks
+from factory.inspect import gradient_flow
+
+
+@pytest.fixture(scope="module")
+def lite0_32():
+    return classifier.build(backbones.resolve("efficientnet_lite0", 32), 10)
+
+
+def test_feature_cache_is_reused_and_invalidated(lite0_32, tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    cache = FeatureCache(lite0_32, tmp_path)
+    first = cache.features(images)
+    second = cache.features(images)
+    assert (cache.misses, cache.hits) == (1, 1)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, lite0_32.features(images), rtol=1e-5, atol=1e-5)
+    changed = images.copy()
+    changed[3, 0, 0, 0] ^= 1  # one pixel of one image
+    cache.features(changed)
+    assert cache.misses == 2
+    other_weights = classifier.build(backbones.resolve("efficientnet_lite0", 32), 10)
+    layer = other_weights.model.get_layer("top_conv")
+    layer.set_weights([w * 1.01 for w in layer.get_weights()])
+    other = FeatureCache(other_weights, tmp_path)
+    other.features(images)
+    assert other.misses == 1 and len(list(tmp_path.glob("*.npy"))) == 3
+
+
+def test_blocks_are_stem_numbered_blocks_and_top(lite0_32):
+    names = [name for name, _ in layer_groups(lite0_32)]
+    assert names == ["stem"] + [f"block{i}" for i in range(16)] + ["top"]
+    unfrozen = unfreeze_top_blocks(lite0_32, 2)
+    assert unfrozen and all(n.startswith(("block15_", "top_")) for n in unfrozen)
+    assert not any(l.trainable for l in lite0_32.backbone_layers() if is_batch_norm(l))
+    unfreeze_top_blocks(lite0_32, 0)
+    assert not any(l.trainable for l in lite0_32.backbone_layers())
+
+
+def test_gradient_flow_reports_only_unfrozen_blocks(lite0_32, fashion_small):
+    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), 10)
+    unfreeze_top_blocks(model, 2)
+    rows = gradient_flow(model, fashion_small.train.images, fashion_small.train.labels, batches=1)
+    by_group = {r["group"]: r for r in rows}
+    assert by_group["block15"]["grad_norm"] > 0 and by_group["top"]["grad_norm"] > 0
+    assert by_group["head"]["grad_norm"] > 0
+    assert by_group["block14"]["trainable_params"] == 0 and by_group["block14"]["grad_norm"] == 0
+
+
+def test_advisor_rules():
+    base = {"images_per_class_min": 300, "probe_accuracy": 0.85, "gain_last_half": 0.03}
+    assert advisor.recommend(base).strategy == "fine-tune"
+    assert advisor.recommend(base).unfreeze_blocks == 3
+    assert advisor.recommend({**base, "images_per_class_min": 20}).strategy == "feature-extraction"
+    assert advisor.recommend({**base, "probe_accuracy": 0.99}).strategy == "feature-extraction"
+    assert advisor.recommend({**base, "gain_last_half": 0.0}).strategy == "feature-extraction"
+
+
+def test_advisor_probe_learning_curve_on_real_data(fashion_small):
+    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), 10)
+    evidence = advisor.probe(model, fashion_small, use_cache=False)
+    assert list(evidence["learning_curve"]) == ["25%", "50%", "100%"]
+    assert evidence["probe_accuracy"] > 0.5 and evidence["images_per_class_min"] == 42
+    assert advisor.recommend(evidence).reasons
+
+
+FACTORY = [sys.executable, "-c", "from factory.cli import main; main()"]
+
+
+def test_build_resumes_after_being_killed(tmp_path):
+    out = tmp_path / "build"
+    args = FACTORY + ["build", "--data", "digits", "--input-size", "32", "--strategy", "fine-tune",
+                      "--unfreeze-blocks", "2", "--epochs", "5", "--fine-tune-epochs", "4", "--patience", "10",
+                      "--latency-runs", "0", "--no-cache", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stderr:  # wait until fine-tuning finished its first epoch, then kill -9
+        if "fine-tune top 2 blocks epoch 1/4:" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not out.exists()
+    checkpoint = tmp_path / ".build.checkpoint"
+    assert json.loads((checkpoint / "state.json").read_text())["phases"][0]["name"] == "head"
+
+    different = subprocess.run(args[:-2] + ["--seed", "1", "--resume", "--out", str(out)], capture_output=True, text=True)
+    assert different.returncode == 2 and "different recipe" in different.stderr
+
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after 1 finished phase" in resumed.stderr
+    assert "head epoch" not in resumed.stderr  # phase 1 is not run again
+    assert "fine-tune top 2 blocks epoch 1/4:" not in resumed.stderr  # nor the finished epoch
+    assert "fine-tune top 2 blocks epoch 2/4:" in resumed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in manifest["strategy"]["phases"]] == ["head", "fine-tune top 2 blocks"]
+    assert manifest["metrics"]["keras_test_accuracy"] > 0.5
+    assert not checkpoint.exists()
