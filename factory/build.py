@@ -63,8 +63,8 @@ def run(recipe: Recipe, reporter) -> BuildResult:
     advice = None
     if recipe.strategy == "auto":
         advice = advise(model, data, recipe, reporter)
-        recipe = dataclasses.replace(recipe, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks,
-                                     augment=None)
+        # replace() re-runs __post_init__: an augment left unset now follows the chosen strategy
+        recipe = dataclasses.replace(recipe, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
     session = TrainingSession(model.model, recipe.checkpoint_dir, recipe_fingerprint(recipe), recipe.resume)
     if session.resumed:
         reporter.note(f"resuming after {len(session.done)} finished phase(s) from {recipe.checkpoint_dir}")

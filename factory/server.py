@@ -12,9 +12,7 @@ outside the store.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from werkzeug.exceptions import HTTPException, NotFound

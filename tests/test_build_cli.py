@@ -1,9 +1,7 @@
 """`factory build` end to end on real weights and real data, and its error paths."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
