@@ -108,3 +108,14 @@ def test_build_resumes_after_being_killed(tmp_path):
     assert [p["name"] for p in manifest["strategy"]["phases"]] == ["head", "fine-tune top 2 blocks"]
     assert manifest["metrics"]["keras_test_accuracy"] > 0.5
     assert not checkpoint.exists()
+
+
+def test_strategy_auto_follows_the_advisor(tmp_path):
+    result = subprocess.run(FACTORY + ["build", "--quiet", "--data", "digits", "--input-size", "32", "--strategy", "auto",
+                                       "--fine-tune-epochs", "2", "--latency-runs", "0", "--out", str(tmp_path / "b")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    strategy = json.loads((tmp_path / "b" / "manifest.json").read_text())["strategy"]
+    advice = strategy["advice"]
+    assert strategy["name"] == advice["strategy"] and advice["reasons"]
+    assert set(advice["evidence"]["learning_curve"]) == {"25%", "50%", "100%"}
