@@ -21,13 +21,13 @@ class Recipe:
     cache: bool = True  # cache frozen-backbone features on disk
     cache_dir: str | None = None  # default: $EDGEFACTORY_CACHE or ~/.cache/edgefactory
     resume: bool = False  # continue an interrupted build from its checkpoint
-    epochs: int = 15  # head training (feature extraction, and phase 1 of fine-tuning)
+    epochs: int = 30  # head training (feature extraction, and phase 1 of fine-tuning)
     fine_tune_epochs: int = 5
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
     batch_size: int = 32
     dropout: float = 0.2
-    patience: int = 3
+    patience: int = 5
     seed: int = 0
     limit: int | None = None  # stratified subset of the source, before splitting
     val_fraction: float = 0.1
