@@ -44,7 +44,11 @@ class TFLiteTarget:
         from targets import quantize as quantize_lib
 
         if quantize == "qat":
-            model = quantize_lib.quantization_aware_model(model)
+            try:
+                model = quantize_lib.quantization_aware_model(model)
+            except (RuntimeError, ValueError) as exc:  # e.g. a hub.KerasLayer (tfmot issue #786)
+                raise FactoryError(f"quantization-aware training cannot wrap this model ({str(exc)[:200]}); "
+                                   "use --quantize int8") from exc
             quantize_lib.train_quantization_aware(
                 model, context.calibration, epochs=context.qat_epochs, learning_rate=context.qat_learning_rate
             )
