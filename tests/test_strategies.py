@@ -22,8 +22,8 @@ def accuracy(model, split):
 
 
 def train(strategy, data, **overrides):
-    recipe = Recipe(data="fashion-mnist", out="unused", strategy=strategy, epochs=8, fine_tune_epochs=2,
-                    cache=False, **overrides)
+    settings = {"epochs": 8, "fine_tune_epochs": 2, "cache": False, **overrides}
+    recipe = Recipe(data="fashion-mnist", out="unused", strategy=strategy, **settings)
     model = classifier.build(backbones.resolve("efficientnet_lite0", 64), len(data.class_names))
     before = snapshot(model.model.layers)
     phases = STRATEGIES[strategy](model, data, recipe, Silent(), TrainingSession(model.model))
@@ -63,3 +63,19 @@ def test_unfreeze_zero_is_refused(fashion_small):
 
     with pytest.raises(FactoryError, match="--unfreeze 0"):
         train("fine-tune", fashion_small, unfreeze=0)
+
+
+def test_gradual_unfreezing_adds_one_block_per_stage(fashion_small):
+    model, before, phases = train("fine-tune", fashion_small, gradual=True, unfreeze_blocks=2, fine_tune_epochs=1)
+    names = [p.name for p in phases]
+    assert names[:2] == ["head", "gradual: top 1 blocks"] and names[2:] in ([], ["gradual: top 2 blocks"])
+    assert accuracy(model, fashion_small.test) > 0.6
+    assert not any(changed(before, l) for l in model.backbone_layers() if is_batch_norm(l))
+
+
+def test_class_weights_only_for_imbalanced_labels():
+    from factory.strategies.training import balanced_class_weights
+
+    assert balanced_class_weights(np.array([0, 0, 1, 1, 2, 2]), 3) is None
+    weights = balanced_class_weights(np.array([0] * 8 + [1] * 2), 2)
+    assert weights == {0: 10 / 16, 1: 10 / 4}
