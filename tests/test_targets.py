@@ -160,3 +160,16 @@ def test_tfjs_mode_runs_in_node_and_agrees(digits_model, tmp_path, mode):
     assert meta["labels"] == digits.class_names and meta["input"]["pixel_range"] == [0, 255]
     timing = target.latency(artifact, runs=5, warmup=1)
     assert timing["backend"] == "wasm" and timing["p50_ms"] > 0
+
+
+def test_qat_on_a_hub_backbone_is_refused_in_one_line(tmp_path):
+    from factory import backbones, classifier
+    from factory.tf_setup import tf
+
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    tf.saved_model.save(keras.Model(inputs, features), str(tmp_path / "saved"))
+    model = classifier.build(backbones.resolve(f"hub:{tmp_path / 'saved'}", 32), 3).model
+    context = ConversionContext("m", ["a", "b", "c"], NORMALIZATION, Calibration(np.zeros((2, 32, 32, 3), np.uint8)))
+    with pytest.raises(FactoryError, match="quantization-aware training cannot wrap this model.*--quantize int8"):
+        REGISTRY["tflite"].convert(model, "qat", tmp_path, context)
