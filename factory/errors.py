@@ -3,3 +3,9 @@
 
 class FactoryError(Exception):
     """A problem with the user's input or environment, reported as one line without traceback."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's (often multi-line) error message, for a one-line report."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

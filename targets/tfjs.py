@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, first_line
 from targets.base import Artifact
 from targets.latency import run_timer
 
@@ -65,8 +65,7 @@ class TFJSTarget:
                     metadata=metadata,
                 )
             except Exception as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise FactoryError(f"TF.js conversion ({quantize}) failed: {message}") from exc
+                raise FactoryError(f"TF.js conversion ({quantize}) failed: {first_line(exc)}") from exc
         check_quantized(folder, quantize)
         files = sorted(p for p in folder.iterdir() if p.is_file())
         return Artifact(self.name, quantize, folder / "model.json", files, round(time.perf_counter() - start, 2))

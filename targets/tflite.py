@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, first_line
 from targets import tflite_metadata
 from targets.base import Artifact
 from targets.latency import run_timer
@@ -72,8 +72,7 @@ class TFLiteTarget:
         try:
             return converter.convert()
         except Exception as exc:  # the converter raises ConverterError and others
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FactoryError(f"TFLite conversion ({quantize}) failed: {message}") from exc
+            raise FactoryError(f"TFLite conversion ({quantize}) failed: {first_line(exc)}") from exc
 
     def predict(self, artifact: Artifact, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return run_interpreter(artifact.path, images, batch_size)
