@@ -82,18 +82,19 @@ class TFJSTarget:
 
     def describe(self, artifact: Artifact) -> dict:
         manifest = json.loads(artifact.path.read_text())
-        weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
-        stored = sorted({w.get("quantization", {}).get("dtype", "float32") for w in weights if w["dtype"] == "float32"})
-        return {"weight_types": stored, "format": manifest.get("format")}
+        return {"weight_types": stored_weight_types(manifest), "format": manifest.get("format")}
+
+
+def stored_weight_types(manifest: dict) -> list[str]:
+    """How model.json stores its float weights: float32, or the quantized dtype (float16, uint8)."""
+    weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
+    return sorted({w.get("quantization", {}).get("dtype", "float32") for w in weights if w["dtype"] == "float32"})
 
 
 def check_quantized(folder: Path, quantize: str) -> None:
     """Fail if the weights in model.json are not stored as `quantize` promises."""
-    manifest = json.loads((folder / "model.json").read_text())
-    weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
-    float_weights = [w for w in weights if w["dtype"] == "float32"]
-    quantized = [w.get("quantization", {}).get("dtype") for w in float_weights]
-    ok = all(q is None for q in quantized) if quantize == "float32" else any(q == quantize for q in quantized)
+    stored = stored_weight_types(json.loads((folder / "model.json").read_text()))
+    ok = stored == ["float32"] if quantize == "float32" else quantize in stored
     if not ok:
         raise FactoryError(f"{folder.name}: weights are not stored as {quantize}; report this model with --debug")
 
