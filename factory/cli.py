@@ -222,6 +222,104 @@ def inspect(
     console.print(f"plot: {inspect_lib.plot(rows, plot, f'{backbone}: gradient flow, top {unfreeze_blocks} blocks unfrozen')}")
 
 
+@app.command()
+def bench(
+    data: str = typer.Option(..., help="Folder with one sub-folder per class, or a named source: fashion-mnist, digits."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for results, plots and report (default: runs/bench-TIME)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file for keras.applications backbones."),
+    input_size: Optional[int] = typer.Option(96, help="Square input size in pixels."),
+    limit: int = typer.Option(3000, min=0, help="Stratified subset of this many images (0: all of them)."),
+    strategy: List[str] = typer.Option(
+        ["feature-extraction", "fine-tune:2", "fine-tune:all"],
+        help="Strategies to compare: feature-extraction, fine-tune:K (top K blocks), fine-tune:all. Repeat."),
+    target: List[str] = typer.Option(["tflite", "tfjs"], help="Deployment targets: tflite, tfjs. Repeat."),
+    quantize: List[str] = typer.Option(
+        [], help="Quantizations, each on every target offering it (default: every tflite mode; tfjs float32 "
+        "and uint8). Repeat."),
+    epochs: int = typer.Option(15, min=1, help="Epochs for the head (and for the baseline recipe's fit)."),
+    fine_tune_epochs: int = typer.Option(3, min=1, help="Epochs for fine-tuning the unfrozen layers."),
+    learning_rate: float = typer.Option(1e-3, min=0, help="Learning rate for the head."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, min=0, help="Default: learning rate / 10."),
+    batch_size: int = typer.Option(32, min=1),
+    qat_epochs: int = typer.Option(1, min=1, help="Epochs of quantization-aware training for qat."),
+    latency_runs: int = typer.Option(50, min=1, help="Batch-1 timing runs per artifact (fresh process)."),
+    throughput_batch: int = typer.Option(32, min=1, help="Batch size for the throughput measurement."),
+    throughput_runs: int = typer.Option(5, min=0, help="Timing runs at --throughput-batch (0: skip)."),
+    baseline: bool = typer.Option(True, help="Also run the plain hub.KerasLayer recipe for comparison."),
+    advisor: bool = typer.Option(True, help="Run the advisor and check its recommendation against the winner."),
+    keep_artifacts: bool = typer.Option(False, help="Keep every artifact under RUN/artifacts (default: results only)."),
+    budget_ms: Optional[float] = typer.Option(None, min=0, help="Pick the most accurate artifact with p50 <= this."),
+    budget_kb: Optional[float] = typer.Option(None, min=0, help="Pick the most accurate artifact of at most this size."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, help="No progress display."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Measure accuracy, latency, size and training cost for each strategy x target x quantization."""
+    from datetime import datetime
+
+    try:
+        from factory.bench import grid
+        from factory.progress import Reporter
+
+        config = grid.BenchConfig(
+            data=data, out=str(out or Path("runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")),
+            backbone=backbone, weights=str(weights) if weights else None, input_size=input_size,
+            limit=limit or None, seed=seed, strategies=list(strategy), targets=list(target), quantize=list(quantize),
+            epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate,
+            fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size, qat_epochs=qat_epochs,
+            latency_runs=latency_runs, throughput_batch=throughput_batch, throughput_runs=throughput_runs,
+            baseline=baseline, advisor=advisor, keep_artifacts=keep_artifacts, budget_ms=budget_ms, budget_kb=budget_kb,
+        )
+        with Reporter(enabled=not quiet) as reporter:
+            results = grid.run(config, reporter)
+    except FactoryError as exc:
+        _fail(exc, debug)
+    _print_bench(results, Path(config.out))
+
+
+def _print_bench(results: dict, run_folder: Path) -> None:
+    from factory.bench import report
+
+    table = Table(title=f"{results['config']['backbone']} on {results['data']['source']} "
+                        f"({results['data']['splits']['test']} test images)")
+    for column in report.ARTIFACT_HEADERS[:-1]:  # errors go below the table
+        table.add_column(column, justify="left" if column in ("strategy", "target", "quantize") else "right",
+                         no_wrap=column == "strategy")
+    body, classes = report.artifact_table_rows(results)
+    for cells, css in zip(body, classes):
+        table.add_row(*cells[:-1], style={"failed": "red", "pareto": "bold green"}.get(css))
+    console.print(table)
+    for cells, css in zip(body, classes):
+        if css == "failed":
+            console.print(f"[red]failed:[/] {' '.join(cells[:3])}: {cells[-1]}", highlight=False)
+    for line in report.summary_lines(results):
+        console.print(f"- {line}", highlight=False)
+    console.print(f"report: {run_folder / 'report.html'} (results.json, results.csv, plots beside it)")
+
+
+@app.command()
+def pick(
+    run: Path = typer.Argument(..., help="A run folder written by `factory bench`."),
+    budget_ms: Optional[float] = typer.Option(None, min=0, help="Latency budget: p50 at batch 1, in ms."),
+    budget_kb: Optional[float] = typer.Option(None, min=0, help="Size budget in kB (1 kB = 1000 bytes)."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Print the most accurate artifact of a benchmark run within a latency and/or size budget."""
+    from factory.bench import report, results as results_lib
+
+    try:
+        if budget_ms is None and budget_kb is None:
+            raise FactoryError("pass --budget-ms and/or --budget-kb")
+        results = results_lib.load(run)
+        chosen = results_lib.pick(results["artifacts"], budget_ms, budget_kb)
+        if chosen is None:
+            raise FactoryError(report.describe_pick(None, budget_ms, budget_kb) + " in this run; raise the budget")
+    except FactoryError as exc:
+        _fail(exc, debug)
+    console.print(report.describe_pick(chosen, budget_ms, budget_kb), highlight=False)
+
+
 @app.command("models")
 def list_models(store: Path = typer.Argument(..., help="Store folder.")):
     """List the models in STORE: versions, targets, accuracy and size."""

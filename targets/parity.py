@@ -22,9 +22,13 @@ def compare(keras_probs: np.ndarray, artifact_probs: np.ndarray, labels: np.ndar
     }
 
 
+def min_agreement_for(quantize: str, min_agreement: float | None) -> float:
+    return DEFAULT_MIN_AGREEMENT.get(quantize, 0.99) if min_agreement is None else min_agreement
+
+
 def gate(name: str, quantize: str, report: dict, min_agreement: float | None) -> float:
     """Raise if `report`'s agreement is below the threshold; returns the threshold used."""
-    threshold = DEFAULT_MIN_AGREEMENT.get(quantize, 0.99) if min_agreement is None else min_agreement
+    threshold = min_agreement_for(quantize, min_agreement)
     if report["agreement"] < threshold:
         raise FactoryError(
             f"{name} agrees with the Keras model on {report['agreement']:.3f} of the test images, below "

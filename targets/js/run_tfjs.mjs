@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
-import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import { getThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 
 const require = createRequire(import.meta.url);
 
@@ -91,7 +91,9 @@ async function latency([modelDir, h, w, runs, warmup, batch]) {
   }
   times.sort((a, b) => a - b);
   console.log(JSON.stringify({
-    backend: tf.getBackend(), threads: 1, batch, runs,
+    backend: tf.getBackend(), runtime: 'tfjs-node-wasm',
+    simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT'),
+    threads: tf.getBackend() === 'wasm' ? getThreadsCount() : 1, batch, runs,
     p50_ms: percentile(times, 50), p90_ms: percentile(times, 90),
   }));
 }

@@ -1,0 +1,273 @@
+"""Run the benchmark grid: every strategy, then every artifact of each trained model.
+
+Each strategy is trained from the same pretrained weights on the same split, with its own
+(cold) feature cache, so its wall time is what a first build costs. Each artifact is
+converted, run in its own runtime on the whole test split, and timed in a fresh process at
+batch 1 (latency) and at a larger batch (throughput). A cell that fails is recorded with its
+error and the grid goes on. results.json is rewritten after every cell, so an interrupted run
+keeps what it measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from factory import backbones, build, classifier as classifier_lib, data as data_lib
+from factory.bench import baseline, memory, report, results as results_lib
+from factory.errors import FactoryError, first_line
+from factory.recipe import Recipe
+from factory.strategies import STRATEGIES
+from factory.strategies.feature_extraction import train_head
+from factory.strategies.session import TrainingSession
+from factory.tf_setup import keras
+from targets import base as targets
+
+STRATEGY_HELP = "feature-extraction, fine-tune:K (top K blocks) or fine-tune:all"
+
+
+@dataclass(frozen=True)
+class StrategyCell:
+    spec: str  # as typed: feature-extraction, fine-tune:3, fine-tune:all
+    label: str
+    recipe_fields: dict
+
+    @classmethod
+    def parse(cls, spec: str) -> "StrategyCell":
+        if spec == "feature-extraction":
+            return cls(spec, "feature extraction", {"strategy": "feature-extraction"})
+        name, _, depth = spec.partition(":")
+        if name == "fine-tune" and depth == "all":
+            return cls(spec, "full fine-tune", {"strategy": "fine-tune", "unfreeze": None})
+        if name == "fine-tune" and depth.isdigit() and int(depth) > 0:
+            blocks = f"{depth} block" + ("s" if int(depth) > 1 else "")
+            return cls(spec, f"fine-tune top {blocks}", {"strategy": "fine-tune", "unfreeze_blocks": int(depth)})
+        raise FactoryError(f"--strategy {spec!r}: use {STRATEGY_HELP}")
+
+
+@dataclass
+class BenchConfig:
+    data: str
+    out: str  # the run folder
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    input_size: int | None = 96
+    limit: int | None = 3000
+    seed: int = 0
+    strategies: list[str] = field(default_factory=lambda: ["feature-extraction", "fine-tune:2", "fine-tune:all"])
+    targets: list[str] = field(default_factory=lambda: ["tflite", "tfjs"])
+    quantize: list[str] = field(default_factory=list)  # empty: every mode each target offers
+    epochs: int = 15
+    fine_tune_epochs: int = 3
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float | None = None
+    batch_size: int = 32
+    patience: int = 5
+    calibration_size: int = 200
+    qat_epochs: int = 1
+    latency_runs: int = 50
+    throughput_batch: int = 32
+    throughput_runs: int = 5
+    baseline: bool = True
+    advisor: bool = True
+    keep_artifacts: bool = False
+    budget_ms: float | None = None
+    budget_kb: float | None = None
+
+    def recipe(self, cell: StrategyCell, cache_dir: Path) -> Recipe:
+        return Recipe(
+            data=self.data, out=str(Path(self.out) / "artifacts" / slug(cell.spec)), backbone=self.backbone,
+            weights=self.weights, input_size=self.input_size, limit=self.limit, seed=self.seed,
+            epochs=self.epochs, fine_tune_epochs=self.fine_tune_epochs, learning_rate=self.learning_rate,
+            fine_tune_learning_rate=self.fine_tune_learning_rate, batch_size=self.batch_size,
+            patience=self.patience, calibration_size=self.calibration_size, qat_epochs=self.qat_epochs,
+            cache_dir=str(cache_dir), targets=self.targets, quantize=self.quantize, **cell.recipe_fields,
+        )
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def slug(spec: str) -> str:
+    return spec.replace(":", "-")
+
+
+# Without --quantize: every TFLite mode, and TF.js float32 and uint8 (TF.js float16 has the
+# accuracy of float32 at half the size in every run so far; --quantize float16 adds it).
+DEFAULT_MODES = {"tflite": ("float32", "float16", "dynamic", "int8", "qat"), "tfjs": ("float32", "uint8")}
+
+
+def plan(config: BenchConfig) -> list[tuple]:
+    """(target, mode) pairs: the requested modes on every target offering them, or the defaults."""
+    if config.quantize:
+        return build.plan_artifacts(config.targets, config.quantize)
+    chosen = [targets.get(name) for name in dict.fromkeys(config.targets)]
+    return [(t, mode) for t in chosen for mode in DEFAULT_MODES.get(t.name, t.quantize_modes)]
+
+
+def check_run_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FactoryError(f"--out {out} already exists and is not empty; choose a new run folder")
+
+
+def run(config: BenchConfig, reporter) -> dict:
+    cells = [StrategyCell.parse(spec) for spec in dict.fromkeys(config.strategies)]
+    if not cells:
+        raise FactoryError(f"no strategies to run: pass --strategy ({STRATEGY_HELP})")
+    artifact_plan = plan(config)
+    backbone = backbones.resolve(config.backbone, config.input_size, config.weights)
+    out = Path(config.out)
+    check_run_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    dataset = data_lib.load(config.data, backbone.input_size, limit=config.limit, seed=config.seed)
+    results = results_lib.new(config, dataset)
+    grid = reporter.start("benchmark grid", total=len(cells) * (1 + len(artifact_plan)) + config.baseline + config.advisor)
+
+    def save():
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        report.write_json(out, results)
+
+    with tempfile.TemporaryDirectory(prefix="edgefactory-bench-") as scratch:
+        scratch = Path(scratch)
+        for cell in cells:
+            recipe = config.recipe(cell, scratch / "cache" / slug(cell.spec))
+            reporter.note(f"[bold]strategy:[/] {cell.label}")
+            trained = _train(cell, recipe, backbone, dataset, reporter)
+            results["strategies"].append(trained.row)
+            reporter.advance(grid)
+            save()
+            if trained.classifier is None:
+                results["artifacts"] += [_failed_artifact(cell, t.name, m, "training failed") for t, m in artifact_plan]
+                reporter.advance(grid, len(artifact_plan))
+                continue
+            if cell.spec == "feature-extraction":
+                trained.row["warm_cache_train_seconds"] = _warm_rebuild_seconds(backbone, dataset, recipe)
+                if config.advisor:
+                    results["advice"] = _advise(backbone, dataset, recipe, reporter)
+                    reporter.advance(grid)
+            artifact_dir = Path(recipe.out) if config.keep_artifacts else scratch / "artifacts" / slug(cell.spec)
+            artifact_dir.mkdir(parents=True, exist_ok=True)
+            context = build.conversion_context(trained.classifier, dataset, recipe)
+            for target, mode in artifact_plan:
+                results["artifacts"].append(
+                    _measure_artifact(cell, trained, target, mode, context, artifact_dir, dataset, config, reporter))
+                reporter.advance(grid)
+                save()
+            keras.backend.clear_session()
+        if config.advisor and results["advice"] is None:
+            results["advice"] = _advise(backbone, dataset, config.recipe(StrategyCell.parse("feature-extraction"),
+                                                                         scratch / "cache" / "advisor"), reporter)
+            reporter.advance(grid)
+        if config.baseline:
+            results["baseline"] = _baseline(backbone, dataset, config, scratch, reporter)
+            reporter.advance(grid)
+    reporter.finish(grid)
+    results_lib.finish(results, config.budget_ms, config.budget_kb)
+    save()
+    report.write_all(out, results)
+    return results
+
+
+@dataclass
+class Trained:
+    row: dict
+    classifier: classifier_lib.Classifier | None = None
+    keras_probs: np.ndarray | None = None
+
+
+def _train(cell: StrategyCell, recipe: Recipe, backbone, dataset, reporter) -> Trained:
+    row = {"strategy": cell.spec, "strategy_label": cell.label}
+    try:
+        keras.utils.set_random_seed(recipe.seed)
+        model = classifier_lib.build(backbone, len(dataset.class_names), recipe.dropout)
+        with memory.PeakMemory() as peak:
+            start = time.perf_counter()
+            phases = STRATEGIES[recipe.strategy](model, dataset, recipe, reporter, TrainingSession(model.model))
+            row["train_seconds"] = round(time.perf_counter() - start, 2)
+        probs = model.model.predict(dataset.test.images, batch_size=64, verbose=0)
+        row.update(
+            status="ok", **peak.as_dict(), **classifier_lib.trainable_summary(model.model),
+            keras_accuracy=float(np.mean(probs.argmax(1) == dataset.test.labels)),
+            epochs_run=sum(p.epochs_run for p in phases), phases=[p.as_dict() for p in phases],
+        )
+        return Trained(row, model, probs)
+    except Exception as exc:  # a failed cell is recorded; the grid goes on
+        row.update(status="failed", error=_error(exc))
+        reporter.note(f"[red]failed:[/] {cell.label}: {row['error']}")
+        return Trained(row)
+
+
+def _warm_rebuild_seconds(backbone, dataset, recipe: Recipe) -> float:
+    """Head training again with the features now cached: what a second build on this data costs."""
+    from factory.progress import Silent
+
+    model = classifier_lib.build(backbone, len(dataset.class_names), recipe.dropout)
+    start = time.perf_counter()
+    train_head(model, dataset, recipe, Silent(), TrainingSession(model.model))
+    return round(time.perf_counter() - start, 2)
+
+
+def _measure_artifact(cell, trained: Trained, target, mode, context, out_dir, dataset, config, reporter) -> dict:
+    row = {"strategy": cell.spec, "strategy_label": cell.label, "target": target.name, "quantize": mode}
+    try:
+        entry = build.export_artifact(
+            target, mode, trained.classifier.model, context, out_dir, dataset.test, trained.keras_probs, reporter,
+            min_agreement=None, latency_runs=config.latency_runs, gate=False,
+        )
+        artifact = targets.Artifact(target.name, mode, out_dir / entry["file"], [out_dir / f for f in entry["files"]])
+        throughput = (target.latency(artifact, runs=config.throughput_runs, batch=config.throughput_batch)
+                      if config.throughput_runs else None)
+        keep = ("accuracy", "agreement", "max_abs_diff", "passes_gate", "min_agreement", "bytes", "convert_seconds",
+                "latency", "file")
+        row.update(status="ok", **{k: entry[k] for k in keep}, throughput=throughput)
+        row.update(_training_columns(trained.row))
+    except Exception as exc:
+        row.update(status="failed", error=_error(exc))
+        reporter.note(f"[red]failed:[/] {cell.label} / {target.name} {mode}: {row['error']}")
+    return row
+
+
+def _training_columns(strategy_row: dict) -> dict:
+    return {k: strategy_row.get(k) for k in ("keras_accuracy", "train_seconds", "peak_rss_mb")}
+
+
+def _failed_artifact(cell, target: str, mode: str, reason: str) -> dict:
+    return {"strategy": cell.spec, "strategy_label": cell.label, "target": target, "quantize": mode,
+            "status": "failed", "error": reason}
+
+
+def _advise(backbone, dataset, recipe: Recipe, reporter) -> dict | None:
+    from factory import advisor
+
+    try:
+        model = classifier_lib.build(backbone, len(dataset.class_names), recipe.dropout)
+        advice = advisor.recommend(advisor.probe(model, dataset, seed=recipe.seed, cache_dir=recipe.cache_dir))
+        return advice.as_dict()
+    except Exception as exc:
+        reporter.note(f"[red]advisor failed:[/] {_error(exc)}")
+        return {"status": "failed", "error": _error(exc)}
+
+
+def _baseline(backbone, dataset, config: BenchConfig, scratch: Path, reporter) -> dict:
+    reporter.note(f"[bold]{baseline.LABEL}[/]")
+    try:
+        model = classifier_lib.build(backbone, len(dataset.class_names))
+        handle = baseline.hub_saved_model(model, scratch / "baseline_backbone")
+        keras.backend.clear_session()
+        return baseline.run(
+            handle, dataset, epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
+            seed=config.seed, out_dir=scratch, latency_runs=config.latency_runs,
+            throughput_batch=config.throughput_batch, throughput_runs=config.throughput_runs, reporter=reporter,
+        )
+    except Exception as exc:
+        reporter.note(f"[red]baseline failed:[/] {_error(exc)}")
+        return {"strategy": baseline.NAME, "strategy_label": baseline.LABEL, "status": "failed", "error": _error(exc)}
+
+
+def _error(exc: BaseException) -> str:
+    return first_line(exc) if isinstance(exc, FactoryError) else f"{type(exc).__name__}: {first_line(exc)}"

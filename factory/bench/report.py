@@ -1,0 +1,284 @@
+"""Write a benchmark run: results.json, results.csv, two PNG plots and a self-contained report.html."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+from pathlib import Path
+
+from factory.bench.results import ok, p50, pareto
+
+CSV_COLUMNS = [
+    "strategy", "target", "quantize", "status", "accuracy", "agreement", "passes_gate", "latency_p50_ms",
+    "latency_p90_ms", "threads", "runtime", "throughput_images_per_s", "throughput_batch", "bytes",
+    "convert_seconds", "keras_accuracy", "train_seconds", "peak_rss_mb", "pareto", "error",
+]
+PLOTS = {"accuracy_vs_latency": "accuracy_vs_latency.png", "training_time": "training_time_vs_accuracy.png"}
+MARKERS = {"tflite": "o", "tfjs": "s"}
+
+
+def write_json(out: Path, results: dict) -> None:
+    partial = out / "results.json.partial"
+    partial.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    os.replace(partial, out / "results.json")
+
+
+def write_all(out: Path, results: dict) -> None:
+    write_csv(out / "results.csv", rows(results))
+    plot_accuracy_vs_latency(results, out / PLOTS["accuracy_vs_latency"])
+    plot_training_time(results, out / PLOTS["training_time"])
+    (out / "report.html").write_text(html_report(results, out))
+
+
+def rows(results: dict) -> list[dict]:
+    """Every artifact, the baseline's included, flattened to the CSV columns."""
+    artifacts = list(results["artifacts"])
+    if results.get("baseline"):
+        artifacts.append(results["baseline"])
+    return [flatten(r) for r in artifacts]
+
+
+def flatten(row: dict) -> dict:
+    latency, throughput = row.get("latency") or {}, row.get("throughput") or {}
+    flat = {k: row.get(k) for k in CSV_COLUMNS}
+    flat.update(
+        latency_p50_ms=_round(latency.get("p50_ms"), 3), latency_p90_ms=_round(latency.get("p90_ms"), 3),
+        threads=latency.get("threads"), runtime=latency.get("runtime") or latency.get("backend"),
+        throughput_batch=throughput.get("batch"), throughput_images_per_s=images_per_second(throughput),
+    )
+    return flat
+
+
+def images_per_second(timing: dict | None) -> float | None:
+    if not timing or not timing.get("p50_ms"):
+        return None
+    return round(timing["batch"] * 1000 / timing["p50_ms"], 1)
+
+
+def _round(value, digits):
+    return round(value, digits) if value is not None else None
+
+
+def write_csv(path: Path, flat_rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(flat_rows)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(results: dict) -> dict:
+    plt = _pyplot()
+    palette = plt.get_cmap("tab10").colors
+    return {row["strategy"]: palette[i % len(palette)] for i, row in enumerate(results["strategies"])}
+
+
+def plot_accuracy_vs_latency(results: dict, path: Path) -> Path:
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    colors = _colors(results)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    timed = [r for r in ok(results["artifacts"]) if p50(r) is not None]
+    for row in timed:
+        ax.scatter(p50(row), row["accuracy"], color=colors[row["strategy"]], marker=MARKERS.get(row["target"], "^"),
+                   s=60, edgecolors="black" if row.get("pareto") else "none", linewidths=1.2, zorder=3)
+        ax.annotate(row["quantize"], (p50(row), row["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7, color="0.3")
+    frontier = pareto(results["artifacts"])
+    if frontier:  # best accuracy reachable within each latency, drawn out to the slowest artifact
+        xs = [p50(r) for r in frontier] + [max(p50(r) for r in timed)]
+        ys = [r["accuracy"] for r in frontier] + [frontier[-1]["accuracy"]]
+        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, zorder=2)
+    base = results.get("baseline")
+    if base and base.get("status") == "ok" and p50(base):
+        ax.scatter(p50(base), base["accuracy"], color="black", marker="*", s=160, zorder=4)
+    budget = results.get("budget") or {}
+    if budget.get("ms"):
+        ax.axvline(budget["ms"], color="red", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p50, batch 1 (ms, log scale; fresh process, see report for threads)")
+    ax.set_ylabel("test accuracy of the artifact")
+    ax.set_title(f"{results['config']['backbone']} on {results['data']['source']}: accuracy against latency")
+    ax.grid(True, which="both", alpha=0.3)
+    legend = [Line2D([], [], color=colors[s["strategy"]], marker="o", linestyle="", label=s["strategy_label"])
+              for s in results["strategies"]]
+    legend += [Line2D([], [], color="gray", marker=m, linestyle="", label=t) for t, m in MARKERS.items()]
+    legend += [Line2D([], [], color="black", linestyle="--", label="Pareto frontier (outlined points)")]
+    if base:
+        legend.append(Line2D([], [], color="black", marker="*", linestyle="", markersize=10, label="baseline recipe"))
+    ax.legend(handles=legend, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_time(results: dict, path: Path) -> Path:
+    plt = _pyplot()
+    colors = _colors(results)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [(r, colors[r["strategy"]]) for r in ok(results["strategies"])]
+    base = results.get("baseline")
+    if base and base.get("status") == "ok":
+        points.append((base, "black"))
+    for row, color in points:
+        ax.scatter(row["train_seconds"], row["keras_accuracy"], color=color, s=70,
+                   marker="*" if row is base else "o", zorder=3)
+        ax.annotate(row["strategy_label"].split(":")[0], (row["train_seconds"], row["keras_accuracy"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("Keras test accuracy")
+    ax.set_title("training time against accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.25, y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def describe_pick(row: dict | None, budget_ms, budget_kb) -> str:
+    limits = " and ".join(x for x in (f"p50 <= {budget_ms} ms" if budget_ms is not None else "",
+                                       f"size <= {budget_kb} kB" if budget_kb is not None else "") if x)
+    if row is None:
+        return f"no artifact fits {limits}"
+    return (f"within {limits}: {row['strategy_label']} / {row['target']} {row['quantize']} -- accuracy "
+            f"{row['accuracy']:.4f}, p50 {p50(row):.2f} ms, {row['bytes'] / 1000:.0f} kB")
+
+
+def find_row(results: dict, key: dict | None) -> dict | None:
+    if not key:
+        return None
+    return next((r for r in results["artifacts"] if all(r.get(k) == v for k, v in key.items())), None)
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+tr.pareto td { background: #eef7ee; } tr.failed td { background: #fbeaea; }
+img { max-width: 100%; border: 1px solid #ddd; } code { background: #f3f3f3; padding: 1px 4px; }
+"""
+
+
+def _table(headers: list[str], body: list[list], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    lines = []
+    for i, cells in enumerate(body):
+        css = f' class="{classes[i]}"' if classes and classes[i] else ""
+        lines.append(f"<tr{css}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(lines)}</table>"
+
+
+def _fmt(value, spec: str = ".4f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def _image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f"<p>({html.escape(alt)}: not drawn)</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def artifact_table_rows(results: dict) -> tuple[list[list], list[str]]:
+    body, classes = [], []
+    for row in rows(results):
+        failed = row["status"] != "ok"
+        body.append([
+            row["strategy"], row["target"], row["quantize"] or "-", row["status"] if failed else _fmt(row["accuracy"]),
+            _fmt(row["agreement"], ".3f") + ("" if row["passes_gate"] in (None, True) else " (below gate)"),
+            _fmt(row["latency_p50_ms"], ".2f"), _fmt(row["latency_p90_ms"], ".2f"),
+            _fmt(row["throughput_images_per_s"], ".0f"),
+            _fmt(row["bytes"] / 1e6 if row["bytes"] else None, ".2f"), _fmt(row["convert_seconds"], ".1f"),
+            "yes" if row["pareto"] else "", row["error"] or "",
+        ])
+        classes.append("failed" if failed else "pareto" if row["pareto"] else "")
+    return body, classes
+
+
+ARTIFACT_HEADERS = ["strategy", "target", "quantize", "accuracy", "agreement", "p50 ms", "p90 ms", "images/s",
+                    "MB", "convert s", "Pareto", "error"]
+
+
+def html_report(results: dict, out: Path) -> str:
+    config, data = results["config"], results["data"]
+    parts = [f"<h1>edgefactory benchmark: {html.escape(config['backbone'])} on {html.escape(data['source'])}</h1>",
+             f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits "
+             f"{html.escape(str(data['splits']))}, {len(data['classes'])} classes, input {data['input_size']} px.</p>"]
+    parts.append("<h2>Which strategy, which artifact</h2>" + _summary_html(results))
+    parts.append("<h2>Accuracy against latency</h2>" + _image(out / PLOTS["accuracy_vs_latency"], "accuracy vs latency"))
+    body, classes = artifact_table_rows(results)
+    parts.append("<h2>Artifacts</h2><p>Accuracy is measured on the artifact itself in its runtime (LiteRT, "
+                 "TF.js in Node), on the whole test split; agreement is top-1 agreement with the Keras model. "
+                 "Latency: batch 1 after warm-up in a fresh process; throughput at batch "
+                 f"{config['throughput_batch']}. Green rows are on the Pareto frontier.</p>"
+                 + _table(ARTIFACT_HEADERS, body, classes))
+    parts.append("<h2>Training</h2>" + _image(out / PLOTS["training_time"], "training time vs accuracy")
+                 + _table(["strategy", "status", "Keras accuracy", "train s", "epochs", "trainable params",
+                           "peak RSS MB", "error"], [
+                     [s["strategy_label"], s["status"], _fmt(s.get("keras_accuracy")), _fmt(s.get("train_seconds"), ".1f"),
+                      s.get("epochs_run", "-"), f"{s['trainable_params']:,}" if s.get("trainable_params") else "-",
+                      _fmt(s.get("peak_rss_mb"), ".0f"), s.get("error", "")]
+                     for s in results["strategies"] + ([results["baseline"]] if results.get("baseline") else [])]))
+    parts.append("<h2>Machine and versions</h2>" + _table(["", ""], [[k, v] for k, v in results["machine"].items()])
+                 + _table(["package", "version"], [[k, v or "not installed"] for k, v in results["versions"].items()])
+                 + "<h3>Configuration</h3><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgefactory benchmark</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The conclusions in plain sentences (terminal and HTML)."""
+    lines = []
+    winner = next((s for s in results["strategies"] if s["strategy"] == results.get("measured_winner")), None)
+    if winner:
+        lines.append(f"Most accurate strategy: {winner['strategy_label']} (Keras test accuracy "
+                     f"{winner['keras_accuracy']:.4f}, trained in {winner['train_seconds']:.0f} s).")
+    advice = results.get("advice")
+    if advice and advice.get("strategy"):
+        blocks = f", top {advice['unfreeze_blocks']} blocks" if advice.get("unfreeze_blocks") else ""
+        verdict = {True: "matches the measured winner", False: "does NOT match the measured winner",
+                   None: "could not be checked"}[results.get("advisor_matches")]
+        lines.append(f"Advisor recommended {advice['strategy']}{blocks}: {verdict}. "
+                     + "; ".join(advice.get("reasons", [])))
+    elif advice:
+        lines.append(f"Advisor failed: {advice.get('error')}")
+    r = results.get("ratios", {})
+    if "fe_training_speedup_vs_baseline" in r:
+        warm = (f" ({r['fe_warm_cache_training_speedup_vs_baseline']:.1f}x with the feature cache warm)"
+                if "fe_warm_cache_training_speedup_vs_baseline" in r else "")
+        lines.append(f"Feature extraction trained {r['fe_training_speedup_vs_baseline']:.1f}x faster than the "
+                     f"baseline recipe{warm}, accuracy {r['fe_accuracy_minus_baseline'] * 100:+.1f} points.")
+    if "fe_tflite_float32_latency_vs_baseline" in r:
+        lines.append(f"Its float32 TFLite file runs at {r['fe_tflite_float32_latency_vs_baseline']:.2f}x the "
+                     "baseline's float TFLite latency.")
+    if "int8_latency_vs_float32" in r:
+        lines.append(f"Full-int8 TFLite: {r['int8_latency_vs_float32']:.2f}x the float32 latency, "
+                     f"{r['int8_size_vs_float32']:.2f}x the size, accuracy "
+                     f"{r['int8_accuracy_minus_float32'] * 100:+.1f} points.")
+    budget = results.get("budget")
+    if budget:
+        lines.append("Budget pick " + describe_pick(find_row(results, budget["pick"]), budget["ms"], budget["kb"]) + ".")
+    failed = [r for r in results["strategies"] + results["artifacts"] if r.get("status") == "failed"]
+    if failed:
+        lines.append(f"{len(failed)} cell(s) failed; their errors are in the tables.")
+    return lines
+
+
+def _summary_html(results: dict) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(results)) + "</ul>"

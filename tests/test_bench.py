@@ -1,0 +1,191 @@
+"""The benchmark suite: a real small grid on digits, its files, and the logic that reads them."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from factory.bench import grid, report, results as results_lib
+from factory.cli import app
+from factory.errors import FactoryError
+from factory.strategies import STRATEGIES
+
+
+def one_line_error(result, message: str):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """FE, fine-tune top 1 block, and a full fine-tune that runs out of memory (simulated)."""
+    run = tmp_path_factory.mktemp("bench") / "run"
+    real_fine_tune = STRATEGIES["fine-tune"]
+
+    def fine_tune_short_of_memory(classifier, data, recipe, reporter, session):
+        if recipe.unfreeze is None and recipe.unfreeze_blocks is None:
+            raise MemoryError("simulated: out of memory while unfreezing every layer")
+        return real_fine_tune(classifier, data, recipe, reporter, session)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(STRATEGIES, "fine-tune", fine_tune_short_of_memory)
+        result = CliRunner().invoke(app, [
+            "bench", "--quiet", "--data", "digits", "--input-size", "48", "--limit", "0", "--out", str(run),
+            "--strategy", "feature-extraction", "--strategy", "fine-tune:1", "--strategy", "fine-tune:all",
+            "--target", "tflite", "--target", "tfjs", "--quantize", "float32", "--quantize", "int8",
+            "--epochs", "8", "--fine-tune-epochs", "1", "--latency-runs", "10", "--throughput-runs", "2",
+            "--throughput-batch", "8", "--budget-kb", "5000",
+        ])
+    assert result.exit_code == 0, result.output
+    return run, json.loads((run / "results.json").read_text()), result.output
+
+
+def test_every_cell_is_measured_and_the_failed_one_recorded(bench_run):
+    run, results, output = bench_run
+    assert results["complete"]
+    by_strategy = {s["strategy"]: s for s in results["strategies"]}
+    assert by_strategy["feature-extraction"]["status"] == by_strategy["fine-tune:1"]["status"] == "ok"
+    failed = by_strategy["fine-tune:all"]
+    assert failed["status"] == "failed" and "simulated: out of memory" in failed["error"]
+    cells = {(a["strategy"], a["target"], a["quantize"]): a for a in results["artifacts"]}
+    assert set(cells) == {(s, t, q) for s in by_strategy for t, q in
+                          [("tflite", "float32"), ("tflite", "int8"), ("tfjs", "float32")]}
+    assert all(cells["fine-tune:all", t, q]["status"] == "failed" for t, q in
+               [("tflite", "float32"), ("tflite", "int8"), ("tfjs", "float32")])
+    assert "failed: fine-tune:all" in output
+
+    for strategy in ("feature-extraction", "fine-tune:1"):
+        trained = by_strategy[strategy]
+        assert trained["keras_accuracy"] > 0.5  # 10 classes: chance is 0.1
+        assert trained["train_seconds"] > 0 and trained["peak_rss_mb"] >= trained["rss_before_mb"] > 0
+        float32, int8, tfjs = (cells[strategy, t, q] for t, q in [("tflite", "float32"), ("tflite", "int8"),
+                                                                  ("tfjs", "float32")])
+        for artifact in (float32, int8, tfjs):
+            assert artifact["status"] == "ok"
+            assert artifact["latency"]["p50_ms"] > 0 and artifact["latency"]["threads"] >= 1
+            assert artifact["throughput"]["batch"] == 8 and artifact["convert_seconds"] > 0
+        assert float32["agreement"] >= 0.99 and tfjs["agreement"] >= 0.99
+        assert abs(float32["accuracy"] - trained["keras_accuracy"]) < 0.01
+        assert int8["bytes"] < 0.35 * float32["bytes"] and int8["accuracy"] > 0.5
+        assert float32["latency"]["runtime"] == "litert" and tfjs["latency"]["backend"] == "wasm"
+    assert by_strategy["fine-tune:1"]["trainable_params"] > by_strategy["feature-extraction"]["trainable_params"]
+
+
+def test_baseline_runs_side_by_side_and_ratios_are_recorded(bench_run):
+    _, results, output = bench_run
+    base = results["baseline"]
+    assert base["status"] == "ok" and base["keras_accuracy"] > 0.5 and base["agreement"] >= 0.99
+    fe = next(s for s in results["strategies"] if s["strategy"] == "feature-extraction")
+    ratios = results["ratios"]
+    assert ratios["fe_training_speedup_vs_baseline"] == pytest.approx(base["train_seconds"] / fe["train_seconds"], rel=0.01)
+    assert 0 < fe["warm_cache_train_seconds"] and "fe_warm_cache_training_speedup_vs_baseline" in ratios
+    assert 0 < ratios["int8_size_vs_float32"] < 0.35 and ratios["int8_latency_vs_float32"] > 0
+    assert "faster than the baseline recipe" in output
+
+
+def test_advisor_recommendation_is_checked_against_the_winner(bench_run):
+    _, results, output = bench_run
+    trained = [s for s in results["strategies"] if s["status"] == "ok"]
+    assert results["measured_winner"] == max(trained, key=lambda s: s["keras_accuracy"])["strategy"]
+    family = "feature-extraction" if results["measured_winner"] == "feature-extraction" else "fine-tune"
+    assert results["advice"]["strategy"] in ("feature-extraction", "fine-tune")
+    assert results["advisor_matches"] == (results["advice"]["strategy"] == family)
+    assert "Advisor recommended" in output
+
+
+def test_csv_plots_and_html_report(bench_run):
+    run, results, _ = bench_run
+    with open(run / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == report.CSV_COLUMNS
+    assert len(rows) == len(results["artifacts"]) + 1  # + the baseline
+    assert {r["strategy"] for r in rows} == {"feature-extraction", "fine-tune:1", "fine-tune:all", "baseline"}
+    for name in report.PLOTS.values():
+        png = (run / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn figure, not an empty canvas
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # self-contained
+    assert results["machine"]["cpu"] in page and results["versions"]["tensorflow"] in page
+    assert "Advisor recommended" in page and "simulated: out of memory" in page and "Pareto" in page
+
+
+def test_pareto_rows_are_not_dominated(bench_run):
+    _, results, _ = bench_run
+    measured = results_lib.ok(results["artifacts"])
+    frontier = [r for r in measured if r["pareto"]]
+    assert frontier
+    for row in measured:
+        dominated = any(results_lib.p50(o) <= results_lib.p50(row) and o["accuracy"] >= row["accuracy"]
+                        and (results_lib.p50(o), o["accuracy"]) != (results_lib.p50(row), row["accuracy"])
+                        for o in measured)
+        assert row["pareto"] == (not dominated)
+
+
+def test_budget_pick_from_a_finished_run(bench_run):
+    run, results, _ = bench_run
+    measured = results_lib.ok(results["artifacts"])
+    budget = float(np.median([results_lib.p50(r) for r in measured]))
+    expected = max((r for r in measured if results_lib.p50(r) <= budget), key=lambda r: r["accuracy"])
+    result = CliRunner().invoke(app, ["pick", str(run), "--budget-ms", str(budget)])
+    assert result.exit_code == 0, result.output
+    assert f"{expected['target']} {expected['quantize']}" in result.output
+    assert f"{expected['accuracy']:.4f}" in result.output
+    # the run's own --budget-kb 5000: only int8 files (about 4 MB) fit
+    picked = report.find_row(results, results["budget"]["pick"])
+    assert picked["quantize"] == "int8" and picked["bytes"] <= 5_000_000
+
+    one_line_error(CliRunner().invoke(app, ["pick", str(run), "--budget-ms", "0.0001"]), "no artifact fits p50 <= 0.0001 ms")
+
+
+def test_pick_and_budget_logic():
+    def row(name, accuracy, ms, size, status="ok"):
+        return {"strategy": name, "target": "tflite", "quantize": "x", "status": status, "accuracy": accuracy,
+                "latency": {"p50_ms": ms}, "bytes": size}
+
+    rows = [row("a", 0.80, 1.0, 4_000_000), row("b", 0.85, 2.0, 13_000_000), row("c", 0.84, 3.0, 4_000_000),
+            row("d", 0.99, 0.5, 1, status="failed")]
+    assert [r["strategy"] for r in results_lib.pareto(rows)] == ["a", "b"]
+    assert results_lib.pick(rows, 1.5, None)["strategy"] == "a"
+    assert results_lib.pick(rows, None, 5000)["strategy"] == "c"
+    assert results_lib.pick(rows, None, None)["strategy"] == "b"
+    assert results_lib.pick(rows, 0.1, None) is None
+
+
+def test_a_failing_artifact_is_recorded_and_the_grid_goes_on():
+    from types import SimpleNamespace
+
+    from factory.progress import Silent
+
+    class BrokenTarget:
+        name = "tflite"
+
+        def convert(self, *args):
+            raise RuntimeError("converter crashed")
+
+    cell = grid.StrategyCell.parse("feature-extraction")
+    trained = grid.Trained({"strategy": cell.spec}, classifier=SimpleNamespace(model=None))
+    row = grid._measure_artifact(cell, trained, BrokenTarget(), "float16", context=None, out_dir=None,
+                                 dataset=SimpleNamespace(test=None), config=grid.BenchConfig("digits", "unused"),
+                                 reporter=Silent())
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: converter crashed"
+
+
+@pytest.mark.parametrize("spec", ["fine-tune", "fine-tune:0", "fine-tune:some", "linear-probe"])
+def test_bad_strategy_spec_is_one_line(tmp_path, spec):
+    with pytest.raises(FactoryError, match="feature-extraction, fine-tune:K"):
+        grid.StrategyCell.parse(spec)
+    out = tmp_path / "run"
+    one_line_error(CliRunner().invoke(app, ["bench", "--quiet", "--data", "digits", "--out", str(out),
+                                            "--strategy", spec]), f"--strategy {spec!r}")
+    assert not out.exists()
+
+
+def test_bench_refuses_a_used_run_folder_and_pick_needs_results(tmp_path):
+    (tmp_path / "old.txt").write_text("keep me")
+    one_line_error(CliRunner().invoke(app, ["bench", "--quiet", "--data", "digits", "--out", str(tmp_path)]),
+                   "already exists and is not empty")
+    assert (tmp_path / "old.txt").read_text() == "keep me"
+    one_line_error(CliRunner().invoke(app, ["pick", str(tmp_path), "--budget-ms", "1"]), "no results.json")
+    one_line_error(CliRunner().invoke(app, ["pick", str(tmp_path)]), "pass --budget-ms and/or --budget-kb")
