@@ -228,7 +228,7 @@ def bench(
     out: Optional[Path] = typer.Option(None, help="Run folder for results, plots and report (default: runs/bench-TIME)."),
     backbone: str = typer.Option("efficientnet_lite0", help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR."),
     weights: Optional[Path] = typer.Option(None, help="Local weights file for keras.applications backbones."),
-    input_size: Optional[int] = typer.Option(96, help="Square input size in pixels."),
+    input_size: Optional[int] = typer.Option(96, help="Square input size in pixels (96 keeps the grid quick; pass the size you deploy)."),
     limit: int = typer.Option(3000, min=0, help="Stratified subset of this many images (0: all of them)."),
     strategy: List[str] = typer.Option(
         ["feature-extraction", "fine-tune:2", "fine-tune:all"],

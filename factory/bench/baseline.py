@@ -41,29 +41,33 @@ def _unit_range(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle
     return data.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).prefetch(2)
 
 
-def run(handle: str, data, *, epochs: int, learning_rate: float, batch_size: int, seed: int,
-        out_dir: Path, latency_runs: int, throughput_batch: int, throughput_runs: int, reporter) -> dict:
+def run(handle: str, config, input_size: int, out_dir: str, reporter) -> dict:
+    """Train and convert the baseline on the benchmark's split (run in a fresh process: isolated.py)."""
     import tensorflow_hub as hub
 
-    size = data.test.images.shape[1]
-    keras.utils.set_random_seed(seed)
+    from factory import data as data_lib
+
+    data = data_lib.load(config.data, input_size, limit=config.limit, seed=config.seed)
+    keras.utils.set_random_seed(config.seed)
     with PeakMemory() as memory:
         start = time.perf_counter()
         model = keras.Sequential([
-            keras.Input((size, size, 3)),
+            keras.Input((input_size, input_size, 3)),
             hub.KerasLayer(handle, trainable=False),
             keras.layers.Dense(len(data.class_names), activation="softmax"),
         ])
-        model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        train = _unit_range(data.train.images, data.train.labels, batch_size, shuffle_seed=seed)
-        model.fit(train, validation_data=_unit_range(data.val.images, data.val.labels, batch_size), epochs=epochs,
-                  verbose=0, callbacks=[ProgressCallback(reporter, "baseline fit", epochs, len(train))])
+        model.compile(keras.optimizers.Adam(config.learning_rate), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        train = _unit_range(data.train.images, data.train.labels, config.batch_size, shuffle_seed=config.seed)
+        model.fit(train, validation_data=_unit_range(data.val.images, data.val.labels, config.batch_size),
+                  epochs=config.epochs, verbose=0,
+                  callbacks=[ProgressCallback(reporter, "baseline fit", config.epochs, len(train))])
         train_seconds = time.perf_counter() - start
     test_images = data.test.images.astype(np.float32) / 255.0
     keras_probs = model.predict(test_images, batch_size=64, verbose=0)
 
     start = time.perf_counter()
-    path = out_dir / "baseline_float32.tflite"
+    path = Path(out_dir) / "baseline_float32.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     convert_seconds = time.perf_counter() - start
     report = parity.compare(keras_probs, run_interpreter(path, test_images), data.test.labels)
@@ -72,8 +76,9 @@ def run(handle: str, data, *, epochs: int, learning_rate: float, batch_size: int
     return {
         "strategy": NAME, "strategy_label": LABEL, "target": "tflite", "quantize": "float32", "status": "ok",
         "keras_accuracy": float(np.mean(keras_probs.argmax(1) == data.test.labels)),
-        "train_seconds": round(train_seconds, 2), "epochs_run": epochs, **memory.as_dict(),
+        "train_seconds": round(train_seconds, 2), "epochs_run": config.epochs, **memory.as_dict(),
         **report, "bytes": path.stat().st_size, "convert_seconds": round(convert_seconds, 2),
-        "latency": tflite.latency(artifact, runs=latency_runs) if latency_runs else None,
-        "throughput": tflite.latency(artifact, runs=throughput_runs, batch=throughput_batch) if throughput_runs else None,
+        "latency": tflite.latency(artifact, runs=config.latency_runs),
+        "throughput": (tflite.latency(artifact, runs=config.throughput_runs, batch=config.throughput_batch)
+                       if config.throughput_runs else None),
     }

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from factory import backbones, build, classifier as classifier_lib, data as data_lib
-from factory.bench import baseline, memory, report, results as results_lib
+from factory.bench import baseline, isolated, report, results as results_lib
 from factory.errors import FactoryError, first_line
 from factory.recipe import Recipe
-from factory.strategies import STRATEGIES
 from factory.strategies.feature_extraction import train_head
 from factory.strategies.session import TrainingSession
 from factory.tf_setup import keras
@@ -123,54 +122,71 @@ def run(config: BenchConfig, reporter) -> dict:
     out = Path(config.out)
     check_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     dataset = data_lib.load(config.data, backbone.input_size, limit=config.limit, seed=config.seed)
     results = results_lib.new(config, dataset)
-    grid = reporter.start("benchmark grid", total=len(cells) * (1 + len(artifact_plan)) + config.baseline + config.advisor)
-
-    def save():
-        results["seconds"] = round(time.perf_counter() - started, 1)
-        report.write_json(out, results)
-
+    progress = GridProgress(reporter, out, results,
+                            total=len(cells) * (1 + len(artifact_plan)) + config.baseline + config.advisor)
     with tempfile.TemporaryDirectory(prefix="edgefactory-bench-") as scratch:
         scratch = Path(scratch)
         for cell in cells:
             recipe = config.recipe(cell, scratch / "cache" / slug(cell.spec))
-            reporter.note(f"[bold]strategy:[/] {cell.label}")
-            trained = _train(cell, recipe, backbone, dataset, reporter)
-            results["strategies"].append(trained.row)
-            reporter.advance(grid)
-            save()
-            if trained.classifier is None:
-                results["artifacts"] += [_failed_artifact(cell, t.name, m, "training failed") for t, m in artifact_plan]
-                reporter.advance(grid, len(artifact_plan))
-                continue
-            if cell.spec == "feature-extraction":
-                trained.row["warm_cache_train_seconds"] = _warm_rebuild_seconds(backbone, dataset, recipe)
-                if config.advisor:
-                    results["advice"] = _advise(backbone, dataset, recipe, reporter)
-                    reporter.advance(grid)
-            artifact_dir = Path(recipe.out) if config.keep_artifacts else scratch / "artifacts" / slug(cell.spec)
-            artifact_dir.mkdir(parents=True, exist_ok=True)
-            context = build.conversion_context(trained.classifier, dataset, recipe)
-            for target, mode in artifact_plan:
-                results["artifacts"].append(
-                    _measure_artifact(cell, trained, target, mode, context, artifact_dir, dataset, config, reporter))
-                reporter.advance(grid)
-                save()
+            _run_strategy(cell, recipe, config, artifact_plan, backbone, dataset, scratch, results, progress)
             keras.backend.clear_session()
-        if config.advisor and results["advice"] is None:
-            results["advice"] = _advise(backbone, dataset, config.recipe(StrategyCell.parse("feature-extraction"),
-                                                                         scratch / "cache" / "advisor"), reporter)
-            reporter.advance(grid)
+        if config.advisor and results["advice"] is None:  # no feature-extraction cell to share a cache with
+            advisor_recipe = config.recipe(StrategyCell.parse("feature-extraction"), scratch / "cache" / "advisor")
+            results["advice"] = _advise(backbone, dataset, advisor_recipe, reporter)
+            progress.done("advisor")
         if config.baseline:
             results["baseline"] = _baseline(backbone, dataset, config, scratch, reporter)
-            reporter.advance(grid)
-    reporter.finish(grid)
+            progress.done("baseline recipe")
     results_lib.finish(results, config.budget_ms, config.budget_kb)
-    save()
+    progress.save()
     report.write_all(out, results)
     return results
+
+
+class GridProgress:
+    """Counts finished cells on the progress display and rewrites results.json after each one."""
+
+    def __init__(self, reporter, out: Path, results: dict, total: int):
+        self.reporter, self.out, self.results, self.total = reporter, out, results, total
+        self.finished = 0
+        self.started = time.perf_counter()
+        self.task = reporter.start("benchmark grid", total=total)
+
+    def done(self, what: str, count: int = 1) -> None:
+        self.finished += count
+        self.reporter.update(self.task, f"benchmark grid {self.finished}/{self.total}: {what}", completed=self.finished)
+        self.save()
+
+    def save(self) -> None:
+        self.results["seconds"] = round(time.perf_counter() - self.started, 1)
+        report.write_json(self.out, self.results)
+
+
+def _run_strategy(cell, recipe, config, artifact_plan, backbone, dataset, scratch, results, progress) -> None:
+    """Train one strategy, then convert and measure each planned artifact of it."""
+    reporter = progress.reporter
+    reporter.note(f"[bold]strategy:[/] {cell.label}")
+    trained = _train(cell, recipe, backbone, dataset, scratch / f"{slug(cell.spec)}.weights.h5", reporter)
+    results["strategies"].append(trained.row)
+    progress.done(f"trained {cell.label}")
+    if trained.classifier is None:
+        results["artifacts"] += [_failed_artifact(cell, t.name, m, "training failed") for t, m in artifact_plan]
+        progress.done(f"{cell.label}: no artifacts", len(artifact_plan))
+        return
+    if cell.spec == "feature-extraction":
+        trained.row["warm_cache_train_seconds"] = _warm_rebuild_seconds(backbone, dataset, recipe)
+        if config.advisor:  # the probe reuses this cell's feature cache
+            results["advice"] = _advise(backbone, dataset, recipe, reporter)
+            progress.done("advisor")
+    artifact_dir = Path(recipe.out) if config.keep_artifacts else scratch / "artifacts" / slug(cell.spec)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    context = build.conversion_context(trained.classifier, dataset, recipe)
+    for target, mode in artifact_plan:
+        results["artifacts"].append(
+            _measure_artifact(cell, trained, target, mode, context, artifact_dir, dataset, config, reporter))
+        progress.done(f"{cell.spec} {target.name} {mode}")
 
 
 @dataclass
@@ -180,21 +196,18 @@ class Trained:
     keras_probs: np.ndarray | None = None
 
 
-def _train(cell: StrategyCell, recipe: Recipe, backbone, dataset, reporter) -> Trained:
+def _train(cell: StrategyCell, recipe: Recipe, backbone, dataset, weights_path: Path, reporter) -> Trained:
+    """Train in a fresh process (see isolated.py), then load the weights here for conversion."""
     row = {"strategy": cell.spec, "strategy_label": cell.label}
     try:
-        keras.utils.set_random_seed(recipe.seed)
+        row.update(isolated.run(isolated.train_strategy, (recipe, str(weights_path)),
+                                weights_path.with_suffix(".json"), reporter))
+        if row["status"] != "ok":
+            raise FactoryError(row["error"])
         model = classifier_lib.build(backbone, len(dataset.class_names), recipe.dropout)
-        with memory.PeakMemory() as peak:
-            start = time.perf_counter()
-            phases = STRATEGIES[recipe.strategy](model, dataset, recipe, reporter, TrainingSession(model.model))
-            row["train_seconds"] = round(time.perf_counter() - start, 2)
+        model.model.load_weights(str(weights_path))
         probs = model.model.predict(dataset.test.images, batch_size=64, verbose=0)
-        row.update(
-            status="ok", **peak.as_dict(), **classifier_lib.trainable_summary(model.model),
-            keras_accuracy=float(np.mean(probs.argmax(1) == dataset.test.labels)),
-            epochs_run=sum(p.epochs_run for p in phases), phases=[p.as_dict() for p in phases],
-        )
+        row["keras_accuracy"] = float(np.mean(probs.argmax(1) == dataset.test.labels))
         return Trained(row, model, probs)
     except Exception as exc:  # a failed cell is recorded; the grid goes on
         row.update(status="failed", error=_error(exc))
@@ -202,14 +215,17 @@ def _train(cell: StrategyCell, recipe: Recipe, backbone, dataset, reporter) -> T
         return Trained(row)
 
 
-def _warm_rebuild_seconds(backbone, dataset, recipe: Recipe) -> float:
+def _warm_rebuild_seconds(backbone, dataset, recipe: Recipe) -> float | None:
     """Head training again with the features now cached: what a second build on this data costs."""
     from factory.progress import Silent
 
-    model = classifier_lib.build(backbone, len(dataset.class_names), recipe.dropout)
-    start = time.perf_counter()
-    train_head(model, dataset, recipe, Silent(), TrainingSession(model.model))
-    return round(time.perf_counter() - start, 2)
+    try:
+        model = classifier_lib.build(backbone, len(dataset.class_names), recipe.dropout)
+        start = time.perf_counter()
+        train_head(model, dataset, recipe, Silent(), TrainingSession(model.model))
+        return round(time.perf_counter() - start, 2)
+    except Exception:  # only a ratio is lost; the cell itself trained
+        return None
 
 
 def _measure_artifact(cell, trained: Trained, target, mode, context, out_dir, dataset, config, reporter) -> dict:
@@ -255,18 +271,18 @@ def _advise(backbone, dataset, recipe: Recipe, reporter) -> dict | None:
 
 def _baseline(backbone, dataset, config: BenchConfig, scratch: Path, reporter) -> dict:
     reporter.note(f"[bold]{baseline.LABEL}[/]")
+    row = {"strategy": baseline.NAME, "strategy_label": baseline.LABEL}
     try:
         model = classifier_lib.build(backbone, len(dataset.class_names))
         handle = baseline.hub_saved_model(model, scratch / "baseline_backbone")
         keras.backend.clear_session()
-        return baseline.run(
-            handle, dataset, epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
-            seed=config.seed, out_dir=scratch, latency_runs=config.latency_runs,
-            throughput_batch=config.throughput_batch, throughput_runs=config.throughput_runs, reporter=reporter,
-        )
+        row.update(isolated.run(baseline.run, (handle, config, backbone.input_size, str(scratch)),
+                                scratch / "baseline.json", reporter))
     except Exception as exc:
-        reporter.note(f"[red]baseline failed:[/] {_error(exc)}")
-        return {"strategy": baseline.NAME, "strategy_label": baseline.LABEL, "status": "failed", "error": _error(exc)}
+        row.update(status="failed", error=_error(exc))
+    if row["status"] != "ok":
+        reporter.note(f"[red]baseline failed:[/] {row['error']}")
+    return row
 
 
 def _error(exc: BaseException) -> str:

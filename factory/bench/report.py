@@ -88,7 +88,7 @@ def plot_accuracy_vs_latency(results: dict, path: Path) -> Path:
 
     plt = _pyplot()
     colors = _colors(results)
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     timed = [r for r in ok(results["artifacts"]) if p50(r) is not None]
     for row in timed:
         ax.scatter(p50(row), row["accuracy"], color=colors[row["strategy"]], marker=MARKERS.get(row["target"], "^"),
@@ -117,7 +117,7 @@ def plot_accuracy_vs_latency(results: dict, path: Path) -> Path:
     legend += [Line2D([], [], color="black", linestyle="--", label="Pareto frontier (outlined points)")]
     if base:
         legend.append(Line2D([], [], color="black", marker="*", linestyle="", markersize=10, label="baseline recipe"))
-    ax.legend(handles=legend, fontsize=8, loc="lower right")
+    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -218,8 +218,8 @@ ARTIFACT_HEADERS = ["strategy", "target", "quantize", "accuracy", "agreement", "
 def html_report(results: dict, out: Path) -> str:
     config, data = results["config"], results["data"]
     parts = [f"<h1>edgefactory benchmark: {html.escape(config['backbone'])} on {html.escape(data['source'])}</h1>",
-             f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits "
-             f"{html.escape(str(data['splits']))}, {len(data['classes'])} classes, input {data['input_size']} px.</p>"]
+             (f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits "
+              f"{html.escape(str(data['splits']))}, {len(data['classes'])} classes, input {data['input_size']} px.</p>")]
     parts.append("<h2>Which strategy, which artifact</h2>" + _summary_html(results))
     parts.append("<h2>Accuracy against latency</h2>" + _image(out / PLOTS["accuracy_vs_latency"], "accuracy vs latency"))
     body, classes = artifact_table_rows(results)
@@ -230,10 +230,10 @@ def html_report(results: dict, out: Path) -> str:
                  + _table(ARTIFACT_HEADERS, body, classes))
     parts.append("<h2>Training</h2>" + _image(out / PLOTS["training_time"], "training time vs accuracy")
                  + _table(["strategy", "status", "Keras accuracy", "train s", "epochs", "trainable params",
-                           "peak RSS MB", "error"], [
+                           "RSS at start MB", "peak RSS MB", "error"], [
                      [s["strategy_label"], s["status"], _fmt(s.get("keras_accuracy")), _fmt(s.get("train_seconds"), ".1f"),
                       s.get("epochs_run", "-"), f"{s['trainable_params']:,}" if s.get("trainable_params") else "-",
-                      _fmt(s.get("peak_rss_mb"), ".0f"), s.get("error", "")]
+                      _fmt(s.get("rss_before_mb"), ".0f"), _fmt(s.get("peak_rss_mb"), ".0f"), s.get("error", "")]
                      for s in results["strategies"] + ([results["baseline"]] if results.get("baseline") else [])]))
     parts.append("<h2>Machine and versions</h2>" + _table(["", ""], [[k, v] for k, v in results["machine"].items()])
                  + _table(["package", "version"], [[k, v or "not installed"] for k, v in results["versions"].items()])
@@ -254,10 +254,15 @@ def summary_lines(results: dict) -> list[str]:
         blocks = f", top {advice['unfreeze_blocks']} blocks" if advice.get("unfreeze_blocks") else ""
         verdict = {True: "matches the measured winner", False: "does NOT match the measured winner",
                    None: "could not be checked"}[results.get("advisor_matches")]
-        lines.append(f"Advisor recommended {advice['strategy']}{blocks}: {verdict}. "
-                     + "; ".join(advice.get("reasons", [])))
+        lines.append(f"Advisor recommended {advice['strategy']}{blocks}: {verdict} (because "
+                     + "; ".join(advice.get("reasons", [])) + ").")
     elif advice:
         lines.append(f"Advisor failed: {advice.get('error')}")
+    frontier = pareto(results["artifacts"])
+    if frontier:
+        lines.append("Pareto frontier, fastest first: " + "; ".join(
+            f"{f['strategy']} {f['target']} {f['quantize']} ({f['accuracy']:.4f} at {p50(f):.2f} ms)" for f in frontier)
+            + ".")
     r = results.get("ratios", {})
     if "fe_training_speedup_vs_baseline" in r:
         warm = (f" ({r['fe_warm_cache_training_speedup_vs_baseline']:.1f}x with the feature cache warm)"

@@ -1,0 +1,115 @@
+"""Run a benchmark's training in a fresh process.
+
+A fresh process gives each strategy (and the baseline) a peak-memory figure of its own
+(TensorFlow keeps memory it once allocated, so in one long process every later cell would
+inherit the earlier ones'), and a training that dies (out of memory, killed) fails its cell
+only. The child writes its result row to a file and reports progress through a queue to the
+parent's display; a strategy's trained weights go to a file the parent loads.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import queue
+from pathlib import Path
+
+from factory.errors import FactoryError
+
+
+class QueueReporter:
+    """The Reporter interface, forwarded to the parent process."""
+
+    def __init__(self, events):
+        self.events, self.count = events, 0
+
+    def start(self, description: str, total: int):
+        self.count += 1
+        self.events.put(("start", self.count, description, total))
+        return self.count
+
+    def advance(self, task, amount: int = 1):
+        self.events.put(("advance", task, amount))
+
+    def update(self, task, description: str, completed: int | None = None):
+        self.events.put(("update", task, description, completed))
+
+    def finish(self, task):
+        self.events.put(("finish", task))
+
+    def note(self, message: str):
+        self.events.put(("note", message))
+
+
+def _relay(event: tuple, reporter, tasks: dict) -> None:
+    kind, *args = event
+    if kind == "start":
+        tasks[args[0]] = reporter.start(args[1], total=args[2])
+    elif kind == "advance":
+        reporter.advance(tasks[args[0]], args[1])
+    elif kind == "update":
+        reporter.update(tasks[args[0]], args[1], completed=args[2])
+    elif kind == "finish":
+        reporter.finish(tasks[args[0]])
+    else:
+        reporter.note(args[0])
+
+
+def run(function, args: tuple, result_path: Path, reporter) -> dict:
+    """`function(*args, reporter=...)` in a spawned process; the dict it returns, or a failed row."""
+    context = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started threads
+    events = context.Queue()
+    process = context.Process(target=_child, args=(function, args, str(result_path), events))
+    process.start()
+    tasks: dict = {}
+    while process.is_alive():
+        try:
+            _relay(events.get(timeout=0.2), reporter, tasks)
+        except queue.Empty:
+            pass
+    process.join()
+    while True:
+        try:
+            _relay(events.get_nowait(), reporter, tasks)
+        except queue.Empty:
+            break
+    if process.exitcode != 0 or not Path(result_path).is_file():
+        raise FactoryError(f"the process died (exit code {process.exitcode}; -9 is a kill, e.g. out of memory); "
+                           "try a smaller --limit or --batch-size")
+    return json.loads(Path(result_path).read_text())
+
+
+def _child(function, args: tuple, result_path: str, events) -> None:
+    from factory.errors import first_line
+
+    try:
+        row = function(*args, reporter=QueueReporter(events))
+    except Exception as exc:  # reported as the cell's error
+        error = first_line(exc) if isinstance(exc, FactoryError) else f"{type(exc).__name__}: {first_line(exc)}"
+        row = {"status": "failed", "error": error}
+    Path(result_path).write_text(json.dumps(row))
+
+
+def train_strategy(recipe, weights_path: str, reporter) -> dict:
+    """Load data and backbone, train the recipe's strategy, save the weights; the result row."""
+    import time
+
+    from factory import backbones, classifier as classifier_lib, data as data_lib
+    from factory.bench.memory import PeakMemory
+    from factory.strategies import STRATEGIES
+    from factory.strategies.session import TrainingSession
+    from factory.tf_setup import keras
+
+    backbone = backbones.resolve(recipe.backbone, recipe.input_size, recipe.weights)
+    data = data_lib.load(recipe.data, backbone.input_size, limit=recipe.limit, seed=recipe.seed)
+    keras.utils.set_random_seed(recipe.seed)
+    model = classifier_lib.build(backbone, len(data.class_names), recipe.dropout)
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        phases = STRATEGIES[recipe.strategy](model, data, recipe, reporter, TrainingSession(model.model))
+        seconds = time.perf_counter() - start
+    model.model.save_weights(weights_path)
+    return {
+        "status": "ok", "train_seconds": round(seconds, 2), **peak.as_dict(),
+        **classifier_lib.trainable_summary(model.model),
+        "epochs_run": sum(p.epochs_run for p in phases), "phases": [p.as_dict() for p in phases],
+    }
