@@ -19,7 +19,7 @@ import numpy as np
 
 from factory import backbones, build, classifier as classifier_lib, data as data_lib
 from factory.bench import baseline, isolated, report, results as results_lib
-from factory.errors import FactoryError, first_line
+from factory.errors import FactoryError, one_line
 from factory.recipe import Recipe
 from factory.strategies.feature_extraction import train_head
 from factory.strategies.session import TrainingSession
@@ -210,7 +210,7 @@ def _train(cell: StrategyCell, recipe: Recipe, backbone, dataset, weights_path: 
         row["keras_accuracy"] = float(np.mean(probs.argmax(1) == dataset.test.labels))
         return Trained(row, model, probs)
     except Exception as exc:  # a failed cell is recorded; the grid goes on
-        row.update(status="failed", error=_error(exc))
+        row.update(status="failed", error=one_line(exc))
         reporter.note(f"[red]failed:[/] {cell.label}: {row['error']}")
         return Trained(row)
 
@@ -243,7 +243,7 @@ def _measure_artifact(cell, trained: Trained, target, mode, context, out_dir, da
         row.update(status="ok", **{k: entry[k] for k in keep}, throughput=throughput)
         row.update(_training_columns(trained.row))
     except Exception as exc:
-        row.update(status="failed", error=_error(exc))
+        row.update(status="failed", error=one_line(exc))
         reporter.note(f"[red]failed:[/] {cell.label} / {target.name} {mode}: {row['error']}")
     return row
 
@@ -257,7 +257,7 @@ def _failed_artifact(cell, target: str, mode: str, reason: str) -> dict:
             "status": "failed", "error": reason}
 
 
-def _advise(backbone, dataset, recipe: Recipe, reporter) -> dict | None:
+def _advise(backbone, dataset, recipe: Recipe, reporter) -> dict:
     from factory import advisor
 
     try:
@@ -265,8 +265,8 @@ def _advise(backbone, dataset, recipe: Recipe, reporter) -> dict | None:
         advice = advisor.recommend(advisor.probe(model, dataset, seed=recipe.seed, cache_dir=recipe.cache_dir))
         return advice.as_dict()
     except Exception as exc:
-        reporter.note(f"[red]advisor failed:[/] {_error(exc)}")
-        return {"status": "failed", "error": _error(exc)}
+        reporter.note(f"[red]advisor failed:[/] {one_line(exc)}")
+        return {"status": "failed", "error": one_line(exc)}
 
 
 def _baseline(backbone, dataset, config: BenchConfig, scratch: Path, reporter) -> dict:
@@ -279,11 +279,7 @@ def _baseline(backbone, dataset, config: BenchConfig, scratch: Path, reporter) -
         row.update(isolated.run(baseline.run, (handle, config, backbone.input_size, str(scratch)),
                                 scratch / "baseline.json", reporter))
     except Exception as exc:
-        row.update(status="failed", error=_error(exc))
+        row.update(status="failed", error=one_line(exc))
     if row["status"] != "ok":
         reporter.note(f"[red]baseline failed:[/] {row['error']}")
     return row
-
-
-def _error(exc: BaseException) -> str:
-    return first_line(exc) if isinstance(exc, FactoryError) else f"{type(exc).__name__}: {first_line(exc)}"

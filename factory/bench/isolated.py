@@ -13,7 +13,7 @@ import multiprocessing
 import queue
 from pathlib import Path
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, one_line
 
 
 class QueueReporter:
@@ -79,13 +79,10 @@ def run(function, args: tuple, result_path: Path, reporter) -> dict:
 
 
 def _child(function, args: tuple, result_path: str, events) -> None:
-    from factory.errors import first_line
-
     try:
         row = function(*args, reporter=QueueReporter(events))
     except Exception as exc:  # reported as the cell's error
-        error = first_line(exc) if isinstance(exc, FactoryError) else f"{type(exc).__name__}: {first_line(exc)}"
-        row = {"status": "failed", "error": error}
+        row = {"status": "failed", "error": one_line(exc)}
     Path(result_path).write_text(json.dumps(row))
 
 
