@@ -1,6 +1,7 @@
 """What the grid's measurements say: Pareto frontier, winner, ratios to the baseline, budget picks."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 from datetime import datetime, timezone
@@ -132,8 +133,6 @@ def _key(row: dict) -> dict:
 
 
 def load(run_folder: Path) -> dict:
-    import json
-
     path = Path(run_folder) / "results.json"
     if not path.is_file():
         raise FactoryError(f"{run_folder}: no results.json; pass the run folder a `factory bench` wrote")
