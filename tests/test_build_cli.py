@@ -99,6 +99,20 @@ def test_fine_tune_build_records_trainable_layers(tmp_path):
     assert abs(manifest["artifacts"][0]["accuracy"] - manifest["metrics"]["keras_test_accuracy"]) <= 0.01
 
 
+@pytest.mark.slow
+def test_int8_of_a_fully_fine_tuned_build_meets_the_target_layer_figures(tmp_path):
+    """Issue #4's bar: full int8 <= 0.3x the float32 file, within 1.5 points, agreement >= 0.97."""
+    out = tmp_path / "ft_int8"
+    factory_build("--data", "fashion-mnist", "--strategy", "fine-tune", "--unfreeze", "all", "--epochs", "15",
+                  "--fine-tune-epochs", "3", "--input-size", "96", "--limit", "3000", "--quantize", "float32",
+                  "--quantize", "int8", "--latency-runs", "0", "--out", str(out))
+    manifest = manifest_lib.read(out)
+    float32, int8 = manifest["artifacts"]
+    assert int8["quantize"] == "int8" and int8["bytes"] <= 0.3 * float32["bytes"]
+    assert abs(int8["accuracy"] - manifest["metrics"]["keras_test_accuracy"]) <= 0.015
+    assert int8["agreement"] >= 0.97
+
+
 def test_hub_backbone_from_a_saved_model(tmp_path):
     """A small CNN trained here, saved as a SavedModel, then used as a `hub:` backbone."""
     from factory import data
