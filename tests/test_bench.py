@@ -134,7 +134,7 @@ def test_budget_pick_from_a_finished_run(bench_run):
     assert f"{expected['target']} {expected['quantize']}" in result.output
     assert f"{expected['accuracy']:.4f}" in result.output
     # the run's own --budget-kb 5000: only int8 files (about 4 MB) fit
-    picked = report.find_row(results, results["budget"]["pick"])
+    picked = results_lib.find(results["artifacts"], results["budget"]["pick"])
     assert picked["quantize"] == "int8" and picked["bytes"] <= 5_000_000
 
     one_line_error(CliRunner().invoke(app, ["pick", str(run), "--budget-ms", "0.0001"]), "no artifact fits p50 <= 0.0001 ms")

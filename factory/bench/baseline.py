@@ -72,13 +72,10 @@ def run(handle: str, config, input_size: int, out_dir: str, reporter) -> dict:
     convert_seconds = time.perf_counter() - start
     report = parity.compare(keras_probs, run_interpreter(path, test_images), data.test.labels)
     artifact = targets.Artifact("tflite", "float32", path, [path])
-    tflite = targets.get("tflite")
     return {
         "strategy": NAME, "strategy_label": LABEL, "target": "tflite", "quantize": "float32", "status": "ok",
         "keras_accuracy": float(np.mean(keras_probs.argmax(1) == data.test.labels)),
         "train_seconds": round(train_seconds, 2), "epochs_run": config.epochs, **memory.as_dict(),
         **report, "bytes": path.stat().st_size, "convert_seconds": round(convert_seconds, 2),
-        "latency": tflite.latency(artifact, runs=config.latency_runs),
-        "throughput": (tflite.latency(artifact, runs=config.throughput_runs, batch=config.throughput_batch)
-                       if config.throughput_runs else None),
+        **config.timings(targets.get("tflite"), artifact),
     }

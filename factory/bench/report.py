@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from factory.bench.results import ok, p50, pareto
+from factory.bench.results import find, ok, p50, pareto
 
 CSV_COLUMNS = [
     "strategy", "target", "quantize", "status", "accuracy", "agreement", "passes_gate", "latency_p50_ms",
@@ -157,12 +157,6 @@ def describe_pick(row: dict | None, budget_ms, budget_kb) -> str:
             f"{row['accuracy']:.4f}, p50 {p50(row):.2f} ms, {row['bytes'] / 1000:.0f} kB")
 
 
-def find_row(results: dict, key: dict | None) -> dict | None:
-    if not key:
-        return None
-    return next((r for r in results["artifacts"] if all(r.get(k) == v for k, v in key.items())), None)
-
-
 # --- HTML ---------------------------------------------------------------------------------------
 
 STYLE = """
@@ -278,7 +272,7 @@ def summary_lines(results: dict) -> list[str]:
                      f"{r['int8_accuracy_minus_float32'] * 100:+.1f} points.")
     budget = results.get("budget")
     if budget:
-        lines.append("Budget pick " + describe_pick(find_row(results, budget["pick"]), budget["ms"], budget["kb"]) + ".")
+        lines.append("Budget pick " + describe_pick(find(results["artifacts"], budget["pick"]), budget["ms"], budget["kb"]) + ".")
     failed = [r for r in results["strategies"] + results["artifacts"] if r.get("status") == "failed"]
     if failed:
         lines.append(f"{len(failed)} cell(s) failed; their errors are in the tables.")

@@ -79,16 +79,19 @@ def winner(strategies: list[dict]) -> dict | None:
     return max(trained, key=lambda r: r["keras_accuracy"]) if trained else None
 
 
-def _find(rows: list[dict], strategy: str, target: str, quantize: str) -> dict | None:
-    return next((r for r in ok(rows) if (r["strategy"], r["target"], r["quantize"]) == (strategy, target, quantize)), None)
+def find(rows: list[dict], key: dict | None) -> dict | None:
+    """The measured row whose fields match `key` (e.g. strategy, target, quantize)."""
+    if not key:
+        return None
+    return next((r for r in ok(rows) if all(r.get(k) == v for k, v in key.items())), None)
 
 
 def ratios(results: dict) -> dict:
     """Headline comparisons, each measured side by side in this run (None where a cell is missing)."""
     fe = next((r for r in ok(results["strategies"]) if r["strategy"] == "feature-extraction"), None)
     base = results["baseline"] if results["baseline"] and results["baseline"].get("status") == "ok" else None
-    fe_float = _find(results["artifacts"], "feature-extraction", "tflite", "float32")
-    fe_int8 = _find(results["artifacts"], "feature-extraction", "tflite", "int8")
+    fe_float = find(results["artifacts"], {"strategy": "feature-extraction", "target": "tflite", "quantize": "float32"})
+    fe_int8 = find(results["artifacts"], {"strategy": "feature-extraction", "target": "tflite", "quantize": "int8"})
     out: dict = {}
     if fe and base:
         out["fe_training_speedup_vs_baseline"] = round(base["train_seconds"] / fe["train_seconds"], 2)
