@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory import backbones, classifier, data as data_lib  # noqa: E402
 from factory.cache import FeatureCache  # noqa: E402
-from factory.tf_setup import keras  # noqa: E402
+from targets.tf_setup import keras  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cache_speed.json"
 

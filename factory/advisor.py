@@ -15,7 +15,7 @@ import numpy as np
 from factory.cache import FeatureCache
 from factory.classifier import Classifier
 from factory.data import Dataset
-from factory.tf_setup import keras
+from targets.tf_setup import keras
 
 FRACTIONS = (0.25, 0.5, 1.0)
 MIN_PER_CLASS_TO_FINE_TUNE = 50

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, output, store
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 from factory.recipe import Recipe
 from factory.strategies import STRATEGIES
 from factory.strategies.session import TrainingSession, recipe_fingerprint
-from factory.tf_setup import keras
+from targets.tf_setup import keras
 from targets import base as targets, parity
 from targets.quantize import Calibration, calibration_subset
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory.backbones import Backbone
-from factory.tf_setup import keras
+from targets.tf_setup import keras
 
 INPUT_NAME = "image"
 HEAD_PREFIX = "factory_head_"

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edge model factory: transfer-learn, convert, verify.")
 console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrapped table cells

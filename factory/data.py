@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

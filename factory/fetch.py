@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from factory import manifest as manifest_lib, output
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 
 def _get(url: str) -> bytes:

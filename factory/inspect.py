@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from factory.classifier import Classifier, layer_groups
-from factory.tf_setup import keras, tf
+from targets.tf_setup import keras, tf
 
 
 def gradient_flow(classifier: Classifier, images: np.ndarray, labels: np.ndarray, *,

@@ -7,7 +7,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 from factory.manifest import MANIFEST_NAME
 
 

@@ -167,7 +167,7 @@ def safe_path(root: Path, relative: str) -> Path:
 def serve(store: Path, host: str = "127.0.0.1", port: int = 8000):
     """A threaded WSGI server for `store` (call .serve_forever(), .shutdown())."""
     if not Path(store).is_dir():
-        from factory.errors import FactoryError
+        from targets.errors import FactoryError
 
         raise FactoryError(f"store {store} does not exist; publish a build first (factory build ... --publish {store})")
     return make_server(host, port, StoreApp(store), threaded=True)

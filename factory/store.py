@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from factory import manifest as manifest_lib
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LATEST = "LATEST"

@@ -55,7 +55,7 @@ class Target(Protocol):
 
 def get(name: str) -> Target:
     from targets import REGISTRY
-    from factory.errors import FactoryError
+    from targets.errors import FactoryError
 
     if name not in REGISTRY:
         raise FactoryError(f"unknown target {name!r}: choose one of {', '.join(sorted(REGISTRY))}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 
 def run_timer(command: list[str], what: str, timeout: float = 600) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 # Minimum top-1 agreement with the Keras model, by quantization, unless --min-agreement says.
 # Measured on Fashion-MNIST / EfficientNet-Lite0 (see README): float16 >= 0.99, dynamic ~0.98,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factory.tf_setup import keras, tf
+from targets.tf_setup import keras, tf
 
 
 @dataclass

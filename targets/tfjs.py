@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.errors import FactoryError, first_line
+from targets.errors import FactoryError, one_line
 from targets.base import Artifact
 from targets.latency import run_timer
 
@@ -42,7 +42,7 @@ class TFJSTarget:
             raise FactoryError(f"unknown TF.js --quantize {quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}")
         from tensorflowjs.converters import tf_saved_model_conversion_v2 as converter
 
-        from factory.tf_setup import tf
+        from targets.tf_setup import tf
 
         start = time.perf_counter()
         folder = Path(out_dir) / f"tfjs_{quantize}"
@@ -65,7 +65,7 @@ class TFJSTarget:
                     metadata=metadata,
                 )
             except Exception as exc:
-                raise FactoryError(f"TF.js conversion ({quantize}) failed: {first_line(exc)}") from exc
+                raise FactoryError(f"TF.js conversion ({quantize}) failed: {one_line(exc)}") from exc
         check_quantized(folder, quantize)
         files = sorted(p for p in folder.iterdir() if p.is_file())
         return Artifact(self.name, quantize, folder / "model.json", files, round(time.perf_counter() - start, 2))

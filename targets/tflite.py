@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.errors import FactoryError, first_line
+from targets.errors import FactoryError, one_line
 from targets import tflite_metadata
 from targets.base import Artifact
 from targets.latency import run_timer
@@ -40,7 +40,7 @@ class TFLiteTarget:
         return Artifact(self.name, quantize, path, [path], round(time.perf_counter() - start, 2))
 
     def _convert(self, model, quantize: str, context) -> bytes:
-        from factory.tf_setup import tf
+        from targets.tf_setup import tf
         from targets import quantize as quantize_lib
 
         if quantize == "qat":
@@ -72,7 +72,7 @@ class TFLiteTarget:
         try:
             return converter.convert()
         except Exception as exc:  # the converter raises ConverterError and others
-            raise FactoryError(f"TFLite conversion ({quantize}) failed: {first_line(exc)}") from exc
+            raise FactoryError(f"TFLite conversion ({quantize}) failed: {one_line(exc)}") from exc
 
     def predict(self, artifact: Artifact, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return run_interpreter(artifact.path, images, batch_size)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.tf_setup import keras  # noqa: F401  (sets up Keras 2 before anything else)
+from targets.tf_setup import keras  # noqa: F401  (sets up Keras 2 before anything else)
 
 
 @pytest.fixture(scope="session")

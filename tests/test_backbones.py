@@ -7,8 +7,8 @@ import pytest
 from factory import backbones, classifier
 from factory.backbones import efficientnet_lite
 from factory.backbones.torch_weights import load_state_dict
-from factory.errors import FactoryError
-from factory.tf_setup import keras, tf
+from targets.errors import FactoryError
+from targets.tf_setup import keras, tf
 
 ESPRESSO = 967
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat

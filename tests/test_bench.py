@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from factory.bench import grid, isolated, report, results as results_lib
 from factory.cli import app
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 
 def one_line_error(result, message: str):

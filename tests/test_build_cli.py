@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from factory import manifest as manifest_lib, output
 from factory.cli import app
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 from targets.tflite import run_interpreter
 
 FACTORY = [sys.executable, "-c", "from factory.cli import main; main()"]
@@ -116,7 +116,7 @@ def test_int8_of_a_fully_fine_tuned_build_meets_the_target_layer_figures(tmp_pat
 def test_hub_backbone_from_a_saved_model(tmp_path):
     """A small CNN trained here, saved as a SavedModel, then used as a `hub:` backbone."""
     from factory import data
-    from factory.tf_setup import keras, tf
+    from targets.tf_setup import keras, tf
 
     digits = data.load("digits", 32, seed=0)
     keras.utils.set_random_seed(0)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from factory import data
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 
 def test_folder_source_decodes_every_format_to_rgb_at_input_size(image_folder):

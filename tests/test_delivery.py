@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from factory import build, fetch, store
 from factory.cli import app
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 from factory.progress import Silent
 from factory.recipe import Recipe
 from factory.server import CHECKSUM_HEADER, serve

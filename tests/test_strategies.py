@@ -59,7 +59,7 @@ def test_unfreeze_all_leaves_only_batchnorm_frozen(fashion_small):
 
 
 def test_unfreeze_zero_is_refused(fashion_small):
-    from factory.errors import FactoryError
+    from targets.errors import FactoryError
 
     with pytest.raises(FactoryError, match="--unfreeze 0"):
         train("fine-tune", fashion_small, unfreeze=0)

@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from factory.errors import FactoryError
-from factory.tf_setup import keras
+from targets.errors import FactoryError
+from targets.tf_setup import keras
 from targets import REGISTRY, parity, tflite, tflite_metadata
 from targets.base import ConversionContext
 from targets.quantize import Calibration, calibration_subset, quantization_aware_model
@@ -164,7 +164,7 @@ def test_tfjs_mode_runs_in_node_and_agrees(digits_model, tmp_path, mode):
 
 def test_qat_on_a_hub_backbone_is_refused_in_one_line(tmp_path):
     from factory import backbones, classifier
-    from factory.tf_setup import tf
+    from targets.tf_setup import tf
 
     inputs = keras.Input((32, 32, 3))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from factory.backbones.torch_weights import load_state_dict
-from factory.errors import FactoryError
-from factory.tf_setup import keras
+from targets.errors import FactoryError
+from targets.tf_setup import keras
 
 # (repeats, kernel, stride, expand ratio, input filters, output filters) of Lite0.
 BLOCKS = [

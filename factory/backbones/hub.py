@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from factory.backbones import Backbone
-from factory.errors import FactoryError, first_line
+from targets.errors import FactoryError, one_line
 
 DEFAULT_INPUT_SIZE = 224
 
@@ -29,7 +29,7 @@ def backbone(handle: str, input_size: int | None) -> Backbone:
             layer = hub.KerasLayer(handle, trainable=False, name="hub_backbone")
             features = layer(x, training=False)
         except Exception as exc:  # hub raises many types: OSError, ValueError, tf errors
-            raise FactoryError(f"cannot load hub backbone {handle!r}: {first_line(exc)}") from exc
+            raise FactoryError(f"cannot load hub backbone {handle!r}: {one_line(exc)}") from exc
         if len(features.shape) != 2:
             raise FactoryError(
                 f"hub backbone {handle!r} outputs shape {features.shape}; a feature vector [batch, features] is needed"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from factory.backbones import Backbone
-from factory.errors import FactoryError
-from factory.tf_setup import keras
+from targets.errors import FactoryError
+from targets.tf_setup import keras
 
 # name: (constructor, native input size, scale, offset) -- the preprocessing the weights expect.
 APPS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {

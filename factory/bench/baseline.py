@@ -15,7 +15,7 @@ import numpy as np
 
 from factory.bench.memory import PeakMemory
 from factory.strategies.training import ProgressCallback
-from factory.tf_setup import keras, tf
+from targets.tf_setup import keras, tf
 from targets import base as targets, parity
 from targets.tflite import run_interpreter
 

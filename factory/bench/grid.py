@@ -19,11 +19,11 @@ import numpy as np
 
 from factory import backbones, build, classifier as classifier_lib, data as data_lib
 from factory.bench import baseline, isolated, report, results as results_lib
-from factory.errors import FactoryError, one_line
+from targets.errors import FactoryError, one_line
 from factory.recipe import Recipe
 from factory.strategies.feature_extraction import train_head
 from factory.strategies.session import TrainingSession
-from factory.tf_setup import keras
+from targets.tf_setup import keras
 from targets import base as targets
 
 STRATEGY_HELP = "feature-extraction, fine-tune:K (top K blocks) or fine-tune:all"

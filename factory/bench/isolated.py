@@ -13,7 +13,7 @@ import multiprocessing
 import queue
 from pathlib import Path
 
-from factory.errors import FactoryError, one_line
+from targets.errors import FactoryError, one_line
 
 
 class QueueReporter:
@@ -94,7 +94,7 @@ def train_strategy(recipe, weights_path: str, reporter) -> dict:
     from factory.bench.memory import PeakMemory
     from factory.strategies import STRATEGIES
     from factory.strategies.session import TrainingSession
-    from factory.tf_setup import keras
+    from targets.tf_setup import keras
 
     backbone = backbones.resolve(recipe.backbone, recipe.input_size, recipe.weights)
     data = data_lib.load(recipe.data, backbone.input_size, limit=recipe.limit, seed=recipe.seed)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from factory import manifest
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 
 
 def new(config, dataset) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from factory.classifier import Classifier, layer_groups, unfreeze_top, unfreeze_top_blocks
 from factory.data import Dataset
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 from factory.strategies import feature_extraction
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase, fit

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from factory.errors import FactoryError
+from targets.errors import FactoryError
 from factory.strategies.training import Phase
 
 STATE = "state.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.tf_setup import keras, tf
+from targets.tf_setup import keras, tf
 
 
 @dataclass
