@@ -1,4 +1,4 @@
-"""The `factory` command line."""
+"""The `factory` command line: training-side commands here, delivery in delivery.py."""
 from __future__ import annotations
 
 import sys
@@ -10,10 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from factory.cli.common import app, console, size_text
 from targets.errors import FactoryError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edge model factory: transfer-learn, convert, verify.")
-console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrapped table cells
 
 
 class Int8IO(str, Enum):
@@ -119,13 +117,13 @@ def _print_summary(manifest: dict, out: Path) -> None:
         table.add_column(column, justify="left" if column == "model" else "right")
     keras_size = strategy["total_params"] * 4
     table.add_row(
-        "keras", f"{metrics['keras_test_accuracy']:.4f}", "-", _size(keras_size), "-", f"{metrics['train_seconds']:.1f}s train"
+        "keras", f"{metrics['keras_test_accuracy']:.4f}", "-", size_text(keras_size), "-", f"{metrics['train_seconds']:.1f}s train"
     )
     for a in manifest["artifacts"]:
         latency = f"{a['latency']['p50_ms']:.2f} ms" if a.get("latency") else "-"
         table.add_row(
             f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
-            _size(a["bytes"]), latency, f"{a['convert_seconds']:.1f}s convert",
+            size_text(a["bytes"]), latency, f"{a['convert_seconds']:.1f}s convert",
         )
     console.print(table)
     console.print(
@@ -134,7 +132,7 @@ def _print_summary(manifest: dict, out: Path) -> None:
     )
 
 
-def _size(num_bytes: int) -> str:
+def _unused_size(num_bytes: int) -> str:
     return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.1f} kB"
 
 
@@ -320,67 +318,7 @@ def pick(
     console.print(report.describe_pick(chosen, budget_ms, budget_kb), highlight=False)
 
 
-@app.command("models")
-def list_models(store: Path = typer.Argument(..., help="Store folder.")):
-    """List the models in STORE: versions, targets, accuracy and size."""
-    from factory import store as store_lib
-
-    rows = store_lib.summary(store)
-    if not rows:
-        console.print(f"no models in {store}")
-        return
-    table = Table(title=str(store))
-    for column in ("model", "version", "backbone / strategy", "keras acc", "artifacts (accuracy, size)", "created"):
-        table.add_column(column)
-    for row in rows:
-        artifacts = ", ".join(
-            f"{a['target']} {a['quantize']} ({a['accuracy']:.3f}, {_size(a['bytes'])})" for a in row["artifacts"]
-        )
-        version = row["version"] + (" (latest)" if row["latest"] else "")
-        table.add_row(row["model"], version, f"{row['backbone']} / {row['strategy']}",
-                      f"{row['keras_accuracy']:.3f}", artifacts, row["created"])
-    console.print(table)
-
-
-@app.command()
-def serve(
-    store: Path = typer.Argument(..., help="Store folder to serve read-only."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
-):
-    """Serve STORE over HTTP: /models JSON index, release files with checksums, /demo/<model>."""
-    try:
-        from factory.server import serve as make_server
-
-        server = make_server(store, host, port)
-    except FactoryError as exc:
-        _fail(exc, debug)
-    console.print(f"serving {store} at http://{host}:{server.server_port}/models (demo: /demo/<model>)")
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-
-
-@app.command()
-def fetch(
-    url: str = typer.Argument(..., help="Base URL of a `factory serve` store, e.g. http://127.0.0.1:8000"),
-    model: str = typer.Option(..., help="Model name in the store."),
-    out: Path = typer.Option(..., help="Folder to write the artifact, labels.txt and manifest.json into."),
-    version: Optional[str] = typer.Option(None, help="Version (default: latest)."),
-    target: str = typer.Option("tflite", help="tflite or tfjs."),
-    quantize: Optional[str] = typer.Option(None, help="Which quantization (default: the first one published)."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
-):
-    """Download a published artifact and verify every file's sha256 against the manifest."""
-    try:
-        from factory.fetch import fetch as fetch_artifact
-
-        entry = fetch_artifact(url, model, out, version=version, target=target, quantize=quantize)
-    except FactoryError as exc:
-        _fail(exc, debug)
-    console.print(f"fetched {model} {entry['version']} {entry['target']} {entry['quantize']} -> {out} (sha256 verified)")
+from factory.cli import delivery  # noqa: E402,F401  (registers its commands on `app`)
 
 
 def main():  # console script entry point
