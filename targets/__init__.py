@@ -1,8 +1,2 @@
-"""Deployment targets, by the name used on the command line (`--target`)."""
-from targets.tfjs import TFJSTarget
-from targets.tflite import TFLiteTarget
-
-REGISTRY = {
-    "tflite": TFLiteTarget(),
-    "tfjs": TFJSTarget(),
-}
+"""The deployment side: one module per target, the registry (targets.registry), and what both
+sides share (targets.errors, targets.tf_setup). Nothing here imports factory/."""

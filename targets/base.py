@@ -1,16 +1,30 @@
-"""The Target protocol and registry: the deployment side of the factory.
+"""What every target is: a table of modes, and convert / predict / time / describe.
 
-A target turns a trained Keras model into artifact files and runs those files in their own
-runtime. `factory/` reaches targets only through `get()`; a new target is one module plus one
-line in REGISTRY.
+A target turns a trained Keras model (RGB pixels in [0, 255] -> class probabilities) into
+artifact files and runs those files in their own runtime. A new target is one module with a
+`Target` subclass plus one line in targets/registry.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One quantization mode of a target: the row of its table."""
+
+    name: str
+    min_agreement: float  # default parity threshold: top-1 agreement with Keras on the test split
+    summary: str  # what it stores, for help texts and docs
+    in_bench: bool = True  # measured by `factory bench` when no --quantize is given
+    calibration: bool = False  # needs representative training images
+    training: str | None = None  # a training step the model needs before converting
+
+
+QUANTIZATION_AWARE = "quantization-aware"  # the one training step a mode can need today
 
 
 @dataclass
@@ -24,39 +38,42 @@ class Artifact:
 
 @dataclass
 class ConversionContext:
-    """What a conversion needs besides the model: labels, pixel normalization, data."""
+    """What a conversion needs besides the model."""
 
     name: str  # model name, written into metadata
     labels: list[str]
     normalization: dict  # {"scale", "offset", "input_range"}: normalized = pixel * scale + offset
-    calibration: "Calibration"  # noqa: F821  (targets.quantize.Calibration)
-    int8_io: str = "uint8"  # input/output type of full-integer TFLite models: uint8 or int8
-    qat_epochs: int = 2
-    qat_learning_rate: float = 1e-5
+    calibration: np.ndarray | None = None  # uint8 training images, for modes that calibrate
 
 
-class Target(Protocol):
+class Target:
     name: str
-    quantize_modes: tuple[str, ...]
-    default_quantize: str
+    modes: tuple[Mode, ...]  # the first is the default
 
-    def convert(self, model, quantize: str, out_dir: Path, context: ConversionContext) -> Artifact:
+    def mode(self, name: str) -> Mode | None:
+        return next((m for m in self.modes if m.name == name), None)
+
+    def bench_modes(self) -> list[Mode]:
+        return [m for m in self.modes if m.in_bench]
+
+    def convert(self, model, mode: str, out_dir: Path, context: ConversionContext) -> Artifact:
         """Write the artifact for `model` under `out_dir`."""
+        raise NotImplementedError
 
     def predict(self, artifact: Artifact, images: np.ndarray) -> np.ndarray:
         """Class probabilities for uint8 `images` [n, h, w, 3], computed by the artifact's runtime."""
+        raise NotImplementedError
 
-    def latency(self, artifact: Artifact, *, runs: int, warmup: int, batch: int, threads: int) -> dict:
+    def latency(self, artifact: Artifact, *, runs: int = 30, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
         """Timing in a fresh process of the artifact's runtime: p50_ms, p90_ms and settings."""
+        raise NotImplementedError
 
     def describe(self, artifact: Artifact) -> dict:
         """Number types stored in the artifact (proof that a quantization happened)."""
+        raise NotImplementedError
 
+    def _unknown_mode(self, mode: str):
+        from targets.errors import FactoryError
 
-def get(name: str) -> Target:
-    from targets import REGISTRY
-    from targets.errors import FactoryError
-
-    if name not in REGISTRY:
-        raise FactoryError(f"unknown target {name!r}: choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+        return FactoryError(f"unknown {self.name} --quantize {mode!r}: choose one of "
+                            + ", ".join(m.name for m in self.modes))

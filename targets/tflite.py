@@ -1,78 +1,78 @@
 """TFLite target: convert (float32, float16, dynamic-range, full int8, QAT int8), run in LiteRT.
 
-| --quantize | weights | activations | input / output |
-|---|---|---|---|
-| float32 | float32 | float32 | float32 |
-| float16 | float16 (dequantized at load) | float32 | float32 |
-| dynamic | int8 | float32 (int8 on the fly) | float32 |
-| int8 | int8 | int8, calibrated on a representative set | uint8 (or int8) |
-| qat | int8 | int8, ranges learned by quantization-aware training | uint8 (or int8) |
+Every mode's weights, activations and input / output types are in MODES below; `qat` converts
+a model that quantization-aware training already prepared (factory.quantization_aware).
 """
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from targets.errors import FactoryError, one_line
 from targets import tflite_metadata
-from targets.base import Artifact
+from targets.base import QUANTIZATION_AWARE, Artifact, Mode, Target
+from targets.calibration import representative_dataset
+from targets.errors import FactoryError, one_line
 from targets.latency import run_timer
 
-QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8", "qat")
+MODES = (
+    Mode("float32", 0.99, "float32 weights and activations"),
+    Mode("float16", 0.99, "float16 weights (dequantized at load), float32 activations"),
+    Mode("dynamic", 0.97, "int8 weights, float32 activations (int8 on the fly)"),
+    Mode("int8", 0.94, "int8 weights and activations calibrated on training images; uint8 input/output",
+         calibration=True),
+    Mode("qat", 0.94, "int8 like int8, after quantization-aware training", calibration=True,
+         training=QUANTIZATION_AWARE),
+)
+QUANTIZE_MODES = tuple(m.name for m in MODES)
 INTEGER_MODES = ("int8", "qat")
 
 
-class TFLiteTarget:
+@dataclass
+class TFLiteTarget(Target):
+    int8_io: str = "uint8"  # input/output type of full-integer models: uint8 or int8
     name = "tflite"
-    quantize_modes = QUANTIZE_MODES
-    default_quantize = "float32"
+    modes = MODES
 
-    def convert(self, model, quantize: str, out_dir: Path, context) -> Artifact:
+    def convert(self, model, mode: str, out_dir: Path, context) -> Artifact:
         start = time.perf_counter()
-        flatbuffer = self._convert(model, quantize, context)
-        path = Path(out_dir) / f"model_{quantize}.tflite"
+        flatbuffer = self._convert(model, mode, context)
+        path = Path(out_dir) / f"model_{mode}.tflite"
         path.write_bytes(flatbuffer)
         tflite_metadata.attach(path, labels=context.labels, name=context.name)
-        check_quantized(path, quantize, context.int8_io)
-        return Artifact(self.name, quantize, path, [path], round(time.perf_counter() - start, 2))
+        check_quantized(path, mode, self.int8_io)
+        return Artifact(self.name, mode, path, [path], round(time.perf_counter() - start, 2))
 
-    def _convert(self, model, quantize: str, context) -> bytes:
+    def _convert(self, model, mode: str, context) -> bytes:
         from targets.tf_setup import tf
-        from targets import quantize as quantize_lib
 
-        if quantize == "qat":
-            try:
-                model = quantize_lib.quantization_aware_model(model)
-            except (RuntimeError, ValueError) as exc:  # e.g. a hub.KerasLayer (tfmot issue #786)
-                raise FactoryError(f"quantization-aware training cannot wrap this model ({str(exc)[:200]}); "
-                                   "use --quantize int8") from exc
-            quantize_lib.train_quantization_aware(
-                model, context.calibration, epochs=context.qat_epochs, learning_rate=context.qat_learning_rate
-            )
+        if self.mode(mode) is None:
+            raise self._unknown_mode(mode)
+        if mode == "qat" and not any(type(layer).__name__.startswith("Quantize") for layer in model.layers):
+            raise FactoryError("--quantize qat converts a quantization-aware model: run quantization-aware "
+                               "training first (factory.quantization_aware.train)")
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        if quantize == "float16":
+        if mode == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-        elif quantize == "dynamic":
+        elif mode == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif quantize in INTEGER_MODES:
+        elif mode in INTEGER_MODES:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             # QAT learned its ranges; the converter still asks for a representative set (used
             # only for tensors QAT did not cover), so both modes get the calibration images.
-            converter.representative_dataset = quantize_lib.representative_dataset(context.calibration.images)
+            converter.representative_dataset = representative_dataset(context.calibration)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io_type = tf.uint8 if context.int8_io == "uint8" else tf.int8
+            io_type = tf.uint8 if self.int8_io == "uint8" else tf.int8
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
-        elif quantize != "float32":
-            raise FactoryError(f"unknown TFLite --quantize {quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}")
         try:
             return converter.convert()
         except Exception as exc:  # the converter raises ConverterError and others
-            raise FactoryError(f"TFLite conversion ({quantize}) failed: {one_line(exc)}") from exc
+            raise FactoryError(f"TFLite conversion ({mode}) failed: {one_line(exc)}") from exc
 
     def predict(self, artifact: Artifact, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return run_interpreter(artifact.path, images, batch_size)

@@ -1,6 +1,8 @@
-"""Helpers shared by targets: calibration sets and quantization-aware training (tfmot).
+"""Quantization-aware training (tensorflow-model-optimization): the training step that the
+TFLite `qat` mode needs. It returns a quantization-aware copy of a trained model, fine-tuned so
+its weights and activation ranges suit int8; the TFLite target converts that copy.
 
-tfmot traps handled here (measured, see DESIGN.md):
+tfmot traps handled here (measured on this toolchain):
 - the Rescaling layer that normalizes pixels is not in tfmot's registry: it gets a config that
   only quantizes its output, so the converted graph stays integer end to end;
 - `quantize_apply` puts every wrapped kernel on the wrapper's trainable list whatever the
@@ -9,40 +11,15 @@ tfmot traps handled here (measured, see DESIGN.md):
   alone was measured worse: 0.845 vs 0.87 accuracy after int8 on Fashion-MNIST.)
 - tfmot's activation ranges start at [-6, 6] and move by a 0.999 moving average: see
   `warm_up_ranges`;
-- QAT needs a flat functional model (the factory's classifiers are built that way).
+- QAT needs a flat functional model (the factory's classifiers are built that way); a model
+  tfmot cannot wrap (a hub.KerasLayer backbone) is refused in one line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from targets.errors import FactoryError, one_line
 from targets.tf_setup import keras, tf
-
-
-@dataclass
-class Calibration:
-    """Data a conversion may need: a representative set, and labelled data for QAT."""
-
-    images: np.ndarray  # uint8 [n, h, w, 3] from the training split
-    train_images: np.ndarray | None = None
-    train_labels: np.ndarray | None = None
-    val_images: np.ndarray | None = None
-    val_labels: np.ndarray | None = None
-
-
-def calibration_subset(images: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    if len(images) <= size:
-        return images
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))]
-
-
-def representative_dataset(images: np.ndarray):
-    def generate():
-        for image in images:
-            yield [image[None].astype(np.float32)]
-
-    return generate
 
 
 def _tfmot():
@@ -80,6 +57,14 @@ def _output_only_config():
 
 def quantization_aware_model(model: keras.Model) -> keras.Model:
     """A QAT copy of `model`: every weight trainable but BatchNorm's (see the module notes)."""
+    try:
+        return _wrap(model)
+    except (RuntimeError, ValueError) as exc:  # e.g. a hub.KerasLayer (tfmot issue #786)
+        raise FactoryError(f"quantization-aware training cannot wrap this model ({one_line(exc)[:200]}); "
+                           "use --quantize int8") from exc
+
+
+def _wrap(model: keras.Model) -> keras.Model:
     qk = _tfmot()
     config_class = _output_only_config()
 
@@ -124,15 +109,13 @@ def warm_up_ranges(quantized: keras.Model, images: np.ndarray, *, decay: float =
         quant_ops.MovingAvgQuantize = original
 
 
-def train_quantization_aware(
-    quantized: keras.Model, calibration: Calibration, *, epochs: int, learning_rate: float, batch_size: int = 32
-) -> None:
-    warm_up_ranges(quantized, calibration.images)
+def train(model: keras.Model, train_split, val_split, calibration: np.ndarray, *, epochs: int,
+          learning_rate: float, batch_size: int = 32) -> keras.Model:
+    """A quantization-aware copy of `model`, trained `epochs` on `train_split` (images, labels)."""
+    quantized = quantization_aware_model(model)
+    warm_up_ranges(quantized, calibration)
     quantized.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    validation = None
-    if calibration.val_images is not None:
-        validation = (calibration.val_images, calibration.val_labels)
-    quantized.fit(
-        calibration.train_images, calibration.train_labels, validation_data=validation,
-        epochs=epochs, batch_size=batch_size, verbose=0,
-    )
+    quantized.fit(train_split.images, train_split.labels, validation_data=(val_split.images, val_split.labels),
+                  epochs=epochs, batch_size=batch_size, verbose=0)
+    return quantized
+

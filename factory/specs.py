@@ -1,0 +1,199 @@
+"""What to build, as small typed specs: each holds its own defaults and checks itself when made.
+
+A bad value raises FactoryError the moment a spec is created, before any data is read or
+TensorFlow is imported. The pipeline stages (factory.pipeline) take these specs:
+
+    DataSpec      where the labelled examples come from and how they are split
+    BackboneSpec  the pretrained network and its input size
+    TrainingSpec  the strategy and its hyper-parameters (everything that shapes the weights)
+    ExportSpec    targets, quantization modes, parity threshold, timing
+    PublishSpec   the store a finished build is released into
+    CacheSpec     where frozen-backbone features are cached
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory import backbones, strategies
+from targets import registry
+from targets.errors import FactoryError
+
+DEFAULT_SEED = 0
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise FactoryError(message)
+
+
+def _positive(value, option: str) -> None:
+    _check(value > 0, f"{option} {value} must be positive")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str  # a folder with one sub-folder per class, or a named source (fashion-mnist, digits)
+    limit: int | None = None  # a stratified subset of this many examples, before splitting
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    strict: bool = False  # fail on the first unreadable example instead of skipping it
+    seed: int = DEFAULT_SEED  # of the subset and the split
+
+    def __post_init__(self):
+        _check(bool(self.source), "--data is empty: pass a folder or a named source")
+        _check(self.limit is None or self.limit >= 2, "--limit must be at least 2")
+        _check(0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+               "--val-fraction and --test-fraction must be in (0, 1) and sum to less than 1")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str = backbones.DEFAULT_BACKBONE  # a registry name or hub:HANDLE_OR_DIR
+    input_size: int | None = None  # None: the backbone's native size
+    weights: str | None = None  # local weights file for keras.applications backbones
+
+    def __post_init__(self):
+        backbones.check_name(self.name)
+        _check(self.input_size is None or 32 <= self.input_size <= 1024,
+               f"--input-size {self.input_size} is out of range: use 32..1024 (e.g. 96 or 224)")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    strategy: str = "feature-extraction"  # feature-extraction, fine-tune, or auto (the advisor decides)
+    unfreeze: int | None = 20  # fine-tune: top N weighted backbone layers; None = all
+    unfreeze_blocks: int | None = None  # fine-tune: top K blocks instead of N layers
+    gradual: bool = False  # fine-tune: one more block per stage while validation improves
+    augment: bool | None = None  # flip / crop / rotate; None: on when fine-tuning
+    class_weights: bool = True  # balanced class weights when the classes are imbalanced (>1.5x)
+    epochs: int = 30  # head training (feature extraction, and phase 1 of fine-tuning)
+    fine_tune_epochs: int = 5
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
+    batch_size: int = 32
+    dropout: float = 0.2
+    patience: int = 5  # early stopping: epochs without a better validation loss
+    seed: int = DEFAULT_SEED  # of the weight initialization and the shuffling
+
+    def __post_init__(self):
+        choices = (*strategies.NAMES, "auto")
+        _check(self.strategy in choices, f"unknown strategy {self.strategy!r}: choose one of {', '.join(choices)}")
+        _check(self.unfreeze is None or self.unfreeze >= 0, f"--unfreeze {self.unfreeze} must be 0 or more")
+        _check(self.unfreeze_blocks is None or self.unfreeze_blocks >= 0,
+               f"--unfreeze-blocks {self.unfreeze_blocks} must be 0 or more")
+        for option, value in (("--epochs", self.epochs), ("--fine-tune-epochs", self.fine_tune_epochs),
+                              ("--learning-rate", self.learning_rate), ("--batch-size", self.batch_size),
+                              ("--patience", self.patience)):
+            _positive(value, option)
+        _check(self.fine_tune_learning_rate is None or self.fine_tune_learning_rate > 0,
+               "--fine-tune-learning-rate must be positive")
+        _check(0 <= self.dropout < 1, f"--dropout {self.dropout} must be in [0, 1)")
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.strategy == "fine-tune"
+
+    @property
+    def augments(self) -> bool:
+        return self.fine_tunes if self.augment is None else self.augment
+
+    @property
+    def backbone_learning_rate(self) -> float:
+        return self.fine_tune_learning_rate or self.learning_rate / 10
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    targets: tuple[str, ...] = ("tflite",)
+    quantize: tuple[str, ...] = ()  # empty: each target's default mode
+    min_agreement: float | None = None  # None: each mode's own threshold (see `factory modes`)
+    calibration_size: int = 200  # training examples that calibrate full-integer modes
+    int8_io: str = "uint8"  # TFLite: input/output type of full-integer models
+    qat_epochs: int = 2  # quantization-aware training before a qat conversion
+    qat_learning_rate: float = 1e-5
+    latency_runs: int = 30  # batch-1 timing runs per artifact in a fresh process; 0 skips
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(dict.fromkeys(self.targets)))
+        object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))
+        _check(bool(self.targets), "no --target given: choose one of " + ", ".join(registry.names()))
+        self.plan()  # unknown targets and modes no chosen target offers fail here
+        _check(self.min_agreement is None or 0 <= self.min_agreement <= 1, "--min-agreement must be in [0, 1]")
+        _positive(self.calibration_size, "--calibration-size")
+        _check(self.int8_io in ("uint8", "int8"), f"--int8-io {self.int8_io!r}: choose uint8 or int8")
+        _positive(self.qat_epochs, "--qat-epochs")
+        _check(self.latency_runs >= 0, "--latency-runs must be 0 or more")
+
+    def plan(self, default: str = "default") -> list[tuple]:
+        """(target, mode) pairs: each requested mode on every chosen target that offers it; without
+        --quantize, each target's `default` modes ("default": its first mode, "bench": its bench set)."""
+        chosen = [registry.get(name, int8_io=self.int8_io) for name in self.targets]
+        if not self.quantize:
+            return [(t, m) for t in chosen for m in (t.modes[:1] if default == "default" else t.bench_modes())]
+        for name in self.quantize:
+            if not any(t.mode(name) for t in chosen):
+                offered = "; ".join(f"{t.name}: {', '.join(m.name for m in t.modes)}" for t in chosen)
+                raise FactoryError(f"--quantize {name} is not offered by the chosen targets ({offered})")
+        return [(t, t.mode(name)) for t in chosen for name in self.quantize if t.mode(name)]
+
+    def threshold(self, mode) -> float:
+        return mode.min_agreement if self.min_agreement is None else self.min_agreement
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    store: Path
+    model_name: str
+    version: str | None = None  # None: the next number
+    sign_key: Path | None = None  # Ed25519 private key that signs the release's manifest
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    enabled: bool = True
+    folder: Path | None = None  # None: $EDGEFACTORY_CACHE, else ~/.cache/edgefactory
+
+    @property
+    def features_folder(self) -> Path:
+        root = self.folder or Path(os.environ.get("EDGEFACTORY_CACHE", Path.home() / ".cache" / "edgefactory"))
+        return Path(root) / "features"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything `factory build` does: train on `data`, export to `out`, maybe publish."""
+
+    data: DataSpec
+    out: Path
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    publish: PublishSpec | None = None
+    cache: CacheSpec = field(default_factory=CacheSpec)
+    resume: bool = False  # continue an interrupted build from its checkpoint
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where an unfinished build keeps its checkpoint: a hidden folder beside --out."""
+        out = Path(self.out).resolve()
+        return out.parent / f".{out.name}.checkpoint"
+
+    def hyperparameters(self) -> dict:
+        """Every setting of the build, flat, for the manifest."""
+        return {**as_dict(self.data), "backbone": self.backbone.name, "input_size": self.backbone.input_size,
+                "weights": self.backbone.weights, **as_dict(self.training), **as_dict(self.export)}
+
+
+def as_dict(spec) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(spec), default=str))
+
+
+def weights_fingerprint(data: DataSpec, backbone: BackboneSpec, training: TrainingSpec) -> str:
+    """What must match for a checkpoint to be resumed: the specs that decide the trained weights."""
+    fields = {"data": as_dict(data), "backbone": as_dict(backbone), "training": as_dict(training)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
