@@ -1,56 +1,178 @@
-"""Fetch a published artifact over HTTP and verify every file against the release manifest."""
+"""Fetch a published artifact over HTTP and verify every file against the release manifest.
+
+Everything the server sends is hostile until checked: the manifest's paths must be plain
+relative names, each file is streamed into a staging folder beside --out with a running sha256
+and refused at the first byte past the size its manifest gives, every request has a socket
+timeout and the whole fetch a deadline, and on any refusal everything written is removed.
+With a trusted public key the manifest's signature is checked before anything is downloaded.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.client import HTTPException
 from pathlib import Path
 
-from factory import manifest as manifest_lib, output
+from factory import output, signing, store as store_lib
+from factory.release_manifest import Damaged, parse as parse_manifest
 from targets.errors import FactoryError
 
+TIMEOUT_S = 30.0  # connect, and every read
+DEADLINE_S = 900.0  # the whole fetch
+LATEST_LIMIT = store_lib.MANIFEST_LIMIT + 65_536  # /latest carries the manifest
+_CHUNK = 65_536
 
-def _get(url: str) -> bytes:
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl[:80]} (not followed)", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+class _Client:
+    def __init__(self, base_url: str, timeout: float, deadline: float):
+        scheme = urllib.parse.urlsplit(base_url).scheme
+        if scheme not in ("http", "https"):
+            raise FactoryError(f"{base_url[:80]}: not an http:// or https:// URL of a `factory serve` store")
+        self.base_url, self.timeout, self.deadline = base_url.rstrip("/"), timeout, time.monotonic() + deadline
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.base_url, *(urllib.parse.quote(p, safe="/") for p in parts)])
+
+    def stream(self, url: str, limit: int, sink, missing_ok: bool = False) -> int | None:
+        """Write the body of `url` to `sink` (a callable); refuse it past `limit` bytes. None on 404 if missing_ok."""
+        try:
+            with _OPENER.open(url, timeout=self._timeout()) as response:
+                announced = response.headers.get("Content-Length")
+                if announced and announced.isdigit() and int(announced) > limit:
+                    raise FactoryError(f"{url}: the server announces {int(announced)} bytes, more than the "
+                                       f"{limit} expected; refusing it")
+                total = 0
+                while chunk := response.read(min(_CHUNK, limit + 1 - total)):
+                    total += len(chunk)
+                    if total > limit:
+                        raise FactoryError(f"{url}: the server sent more than the {limit} bytes expected; refusing it")
+                    sink(chunk)
+                    self._timeout()
+                return total
+        except urllib.error.HTTPError as exc:
+            if missing_ok and exc.code == 404:
+                return None
+            raise FactoryError(f"{url}: HTTP {exc.code} {_reason(exc)}".rstrip()) from None
+        except urllib.error.URLError as exc:
+            raise FactoryError(f"{url}: cannot connect ({exc.reason}); is `factory serve` running?") from None
+        except (socket.timeout, TimeoutError):
+            raise FactoryError(f"{url}: no data for {self.timeout:.0f} s (timed out); try again later") from None
+        except (OSError, HTTPException) as exc:
+            raise FactoryError(f"{url}: the transfer broke off ({type(exc).__name__}); try again") from None
+
+    def get(self, url: str, limit: int, missing_ok: bool = False) -> bytes | None:
+        parts: list[bytes] = []
+        total = self.stream(url, limit, parts.append, missing_ok)
+        return None if total is None else b"".join(parts)
+
+    def _timeout(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise FactoryError(f"{self.base_url}: the fetch took longer than its deadline; try again later")
+        return min(self.timeout, left)
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        raise FactoryError(f"{url}: HTTP {exc.code}") from exc
-    except urllib.error.URLError as exc:
-        raise FactoryError(f"{url}: cannot connect ({exc.reason}); is `factory serve` running?") from exc
+        body = json.loads(exc.read(4096))
+        return f"({str(body['reason'])[:160]})"
+    except Exception:  # any body: the status alone is the message
+        return ""
 
 
 def fetch(base_url: str, model: str, out: Path, *, version: str | None = None, target: str = "tflite",
-          quantize: str | None = None) -> dict:
-    """Download one artifact (plus labels.txt and manifest.json) into `out`; returns its entry.
+          quantize: str | None = None, trust_key: Path | None = None, timeout: float = TIMEOUT_S,
+          deadline: float = DEADLINE_S) -> dict:
+    """Download one artifact (plus labels.txt, manifest.json and its signature) into `out`.
 
-    Nothing is written to `out` unless every file matches its sha256 in the manifest.
+    Returns the artifact's manifest entry with model, version and `signature` (verified with
+    key id, "unsigned" or "not checked"). Nothing is written to `out` unless every file
+    matches the manifest (and, with `trust_key`, the manifest matches its signature).
     """
-    base_url = base_url.rstrip("/")
+    out = Path(out)
+    store_lib.check_name("--model", model)
+    if version is not None:
+        store_lib.check_name("--version", version)
+    trusted = signing.load_public_key(trust_key) if trust_key is not None else None
+    output.check_destination(out)
+    client = _Client(base_url, timeout, deadline)
     if version is None:
-        latest = json.loads(_get(f"{base_url}/models/{model}/latest"))
-        version = latest["version"]
-    release_url = f"{base_url}/models/{model}/{version}"
-    manifest_bytes = _get(f"{release_url}/{manifest_lib.MANIFEST_NAME}")
-    manifest = json.loads(manifest_bytes)
+        version = _latest_version(client, model)
+    where = f"{model} {version} from {client.base_url}"
+    manifest_bytes = client.get(client.url("models", model, version, store_lib.MANIFEST_NAME), store_lib.MANIFEST_LIMIT)
+    signature = client.get(client.url("models", model, version, store_lib.SIGNATURE_NAME),
+                           signing.SIGNATURE_BYTES, missing_ok=True)
+    if trusted is not None:
+        signing.check(manifest_bytes, signature, trusted, where)
+    manifest = parse_manifest(manifest_bytes, where)
+    artifact = _choose(manifest, model, version, target, quantize)
+    if "labels.txt" not in manifest["files"]:
+        raise Damaged(f"{where}: the manifest lists no labels.txt; refusing it")
+    wanted = list(dict.fromkeys([*artifact["files"], "labels.txt"]))
+    with output.staged(out) as staging:
+        for relative in wanted:
+            _download(client, client.url("models", model, version, relative), staging, relative,
+                      manifest["files"][relative])
+        (staging / store_lib.MANIFEST_NAME).write_bytes(manifest_bytes)
+        if signature is not None:
+            (staging / store_lib.SIGNATURE_NAME).write_bytes(signature)
+    if trusted is not None:
+        state = f"verified (key {signing.key_id(trusted)})"
+    else:
+        state = "not checked" if signature is not None else "unsigned"
+    return {**artifact, "model": model, "version": version, "signature": state}
+
+
+def _latest_version(client: _Client, model: str) -> str:
+    url = client.url("models", model, "latest")
+    try:
+        version = json.loads(client.get(url, LATEST_LIMIT))["version"]
+    except (ValueError, TypeError, KeyError):
+        raise FactoryError(f"{url}: not a `factory serve` latest-version answer") from None
+    if not isinstance(version, str) or not store_lib.NAME_PATTERN.match(version):
+        raise FactoryError(f"{url}: names version {str(version)[:64]!r}, which is not an allowed version name")
+    return version
+
+
+def _choose(manifest: dict, model: str, version: str, target: str, quantize: str | None) -> dict:
     candidates = [a for a in manifest["artifacts"] if a["target"] == target and quantize in (None, a["quantize"])]
     if not candidates:
         offered = ", ".join(f"{a['target']} {a['quantize']}" for a in manifest["artifacts"])
         raise FactoryError(f"{model} version {version} has no {target} {quantize or ''} artifact (it has: {offered})")
-    artifact = candidates[0]
-    with output.staged(Path(out)) as staging:
-        for relative in [*artifact["files"], "labels.txt"]:
-            data = _get(f"{release_url}/{relative}")
-            expected = manifest["files"][relative]["sha256"]
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != expected:
-                raise FactoryError(
-                    f"{relative} from {release_url} fails its checksum (sha256 {actual[:12]}…, manifest says "
-                    f"{expected[:12]}…): the served copy is corrupt or tampered; nothing was written"
-                )
-            destination = staging / relative
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(data)
-        (staging / manifest_lib.MANIFEST_NAME).write_bytes(manifest_bytes)
-    return {**artifact, "model": model, "version": version}
+    return candidates[0]
+
+
+def _download(client: _Client, url: str, staging: Path, relative: str, entry: dict) -> None:
+    destination = staging.joinpath(*relative.split("/"))
+    if staging.resolve() not in destination.resolve().parents:  # parse_manifest already refused this
+        raise Damaged(f"{url}: {relative!r} would be written outside --out; refusing it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(destination, "xb") as f:
+        def sink(chunk: bytes) -> None:
+            digest.update(chunk)
+            f.write(chunk)
+
+        size = client.stream(url, entry["bytes"], sink)
+    if size != entry["bytes"]:
+        raise FactoryError(f"{relative} from {url}: {size} bytes, the manifest says {entry['bytes']}; "
+                           "the served copy is truncated; nothing was written")
+    actual = digest.hexdigest()
+    if actual != entry["sha256"]:
+        raise FactoryError(
+            f"{relative} from {url} fails its checksum (sha256 {actual[:12]}…, manifest says "
+            f"{entry['sha256'][:12]}…): the served copy is corrupt or tampered; nothing was written"
+        )
