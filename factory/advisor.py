@@ -34,9 +34,9 @@ class Advice:
         return dict(self.__dict__)
 
 
-def probe(classifier: Classifier, data: Dataset, *, seed: int = 0, cache_dir=None, use_cache: bool = True) -> dict:
-    cache = FeatureCache(classifier, cache_dir) if use_cache else None
-    extract = cache.features if cache else classifier.features
+def probe(classifier: Classifier, data: Dataset, *, seed: int = 0, features: FeatureCache | None = None) -> dict:
+    """The evidence: a learning curve of a linear probe on (cached) frozen features."""
+    extract = features.features if features else classifier.features
     train_x, val_x = extract(data.train.images), extract(data.val.images)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train_x))

@@ -2,8 +2,8 @@
 
 The key covers everything that decides a feature vector: the backbone's weights (hashed, so
 a changed SavedModel or weights file misses), its input normalization, and the exact pixels of
-every image in the split (so any added, removed or edited image misses). Location:
-$EDGEFACTORY_CACHE, else ~/.cache/edgefactory/features.
+every image in the split (so any added, removed or edited image misses). Its folder comes
+from factory.specs.CacheSpec.
 """
 from __future__ import annotations
 
@@ -15,10 +15,6 @@ from pathlib import Path
 import numpy as np
 
 CACHE_VERSION = "1"
-
-
-def default_dir() -> Path:
-    return Path(os.environ.get("EDGEFACTORY_CACHE", Path.home() / ".cache" / "edgefactory")) / "features"
 
 
 def backbone_fingerprint(classifier) -> str:
@@ -38,9 +34,9 @@ def key(fingerprint: str, images: np.ndarray) -> str:
 
 
 class FeatureCache:
-    def __init__(self, classifier, folder: Path | None = None):
+    def __init__(self, classifier, folder: Path):
         self.classifier = classifier
-        self.folder = Path(folder) if folder else default_dir()
+        self.folder = Path(folder)
         self.fingerprint = backbone_fingerprint(classifier)
         self.hits = self.misses = 0
 

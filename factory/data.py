@@ -6,6 +6,10 @@ up as uint8 RGB arrays at the backbone's input size; normalization happens insid
 
 Unreadable images are skipped and reported (`strict=True` fails on the first one instead);
 an empty folder, a class without images or a single class is an error.
+
+What the rest of the factory reads of a Dataset is its `class_names`, `sizes()` and, per
+split, `labels`, `len()` and `batches(n)`; the training loop and the parity check still take
+the in-memory `images` array, which a streaming source will replace with its batches.
 """
 from __future__ import annotations
 
@@ -35,6 +39,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batches(self, batch_size: int):
+        """(images, labels) batches in order."""
+        for start in range(0, len(self), batch_size):
+            yield self.images[start:start + batch_size], self.labels[start:start + batch_size]
+
 
 @dataclass
 class Dataset:
@@ -49,31 +58,22 @@ class Dataset:
         return {"train": len(self.train), "validation": len(self.val), "test": len(self.test)}
 
 
-def load(
-    source: str,
-    input_size: int,
-    *,
-    limit: int | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    strict: bool = False,
-) -> Dataset:
-    """Load `source`, keep a stratified `limit` of it, and split it train/validation/test."""
-    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise FactoryError("--val-fraction and --test-fraction must be in (0, 1) and sum to less than 1")
+def load(spec, input_size: int) -> Dataset:
+    """Load a DataSpec's source at `input_size`, keep a stratified `limit` of it, and split it
+    train/validation/test."""
+    source, seed = spec.source, spec.seed
     if source in NAMED_SOURCES:
         items, labels, class_names = _named_source(source)
     else:
         items, labels, class_names = _folder_source(Path(source))
-    keep = _stratified_subset(labels, limit, seed)
+    keep = _stratified_subset(labels, spec.limit, seed)
     images, kept_labels, skipped = [], [], []
     for index in keep:
         try:
             images.append(_to_rgb_array(items[index], input_size))
             kept_labels.append(labels[index])
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-            if strict:
+            if spec.strict:
                 raise FactoryError(f"unreadable image {items[index]} ({exc}); remove or replace it") from exc
             skipped.append(f"{items[index]}: {exc}")
     if not images:
@@ -81,7 +81,7 @@ def load(
     images_arr = np.stack(images)
     labels_arr = np.asarray(kept_labels, dtype=np.int64)
     _check_class_counts(labels_arr, class_names, source)
-    train, val, test = _stratified_split(labels_arr, val_fraction, test_fraction, seed)
+    train, val, test = _stratified_split(labels_arr, spec.val_fraction, spec.test_fraction, seed)
     return Dataset(
         source=source,
         class_names=class_names,
@@ -165,8 +165,6 @@ def _stratified_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.n
     """Indices of at most `limit` items with the class proportions of `labels`."""
     if limit is None or limit >= len(labels):
         return np.arange(len(labels))
-    if limit < 2:
-        raise FactoryError("--limit must be at least 2")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     # Interleave classes so any prefix is (nearly) stratified, then take the first `limit`.

@@ -7,6 +7,7 @@ import pytest
 from factory import backbones, classifier
 from factory.backbones import efficientnet_lite
 from factory.backbones.torch_weights import load_state_dict
+from factory.specs import BackboneSpec
 from targets.errors import FactoryError
 from targets.tf_setup import keras, tf
 
@@ -52,10 +53,13 @@ def test_efficientnet_lite_port_classifies_real_photos(variant):
 
 
 def test_registry_entry_carries_size_and_normalization():
-    backbone = backbones.resolve("efficientnet_lite0", 96)
+    backbone = backbones.resolve(BackboneSpec("efficientnet_lite0", 96))
     assert backbone.input_size == 96
     assert backbone.scale * 0 + backbone.offset == pytest.approx(-127 / 128)
-    assert backbones.resolve("efficientnet_lite0").input_size == 224
+    # pixel 255 lands at the top of the range the weights expect: (255 - 127) / 128
+    assert backbone.scale * 255 + backbone.offset == pytest.approx(1.0)
+    assert backbone.scale == pytest.approx(1 / 128)
+    assert backbones.resolve(BackboneSpec("efficientnet_lite0")).input_size == 224
 
 
 @pytest.mark.parametrize(
@@ -69,7 +73,7 @@ def test_registry_entry_carries_size_and_normalization():
 )
 def test_bad_backbone_specs_get_clear_errors(spec, weights, message):
     with pytest.raises(FactoryError, match=message):
-        backbones.resolve(spec, 96, weights)
+        backbones.resolve(BackboneSpec(spec, 96, weights))
 
 
 def test_keras_application_loads_a_local_weights_file(tmp_path):
@@ -78,7 +82,7 @@ def test_keras_application_loads_a_local_weights_file(tmp_path):
     reference.set_weights([w + 0.01 * i for i, w in enumerate(reference.get_weights())])
     path = tmp_path / "mobilenet_v2_notop.h5"
     reference.save_weights(path)
-    model = classifier.build(backbones.resolve("mobilenet_v2", 96, str(path)), 3)
+    model = classifier.build(backbones.resolve(BackboneSpec("mobilenet_v2", 96, str(path))), 3)
     x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
     expected = reference.predict(x / 127.5 - 1, verbose=0)
     np.testing.assert_allclose(model.feature_model.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-4)
@@ -89,4 +93,4 @@ def test_keras_application_rejects_weights_of_another_shape(tmp_path):
     path = tmp_path / "mobilenet_v2_035_notop.h5"
     other.save_weights(path)
     with pytest.raises(FactoryError, match="does not fit mobilenet_v2"):
-        classifier.build(backbones.resolve("mobilenet_v2", 96, str(path)), 3)
+        classifier.build(backbones.resolve(BackboneSpec("mobilenet_v2", 96, str(path))), 3)

@@ -3,12 +3,16 @@ import csv
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from factory.bench import grid, isolated, report, results as results_lib
+from factory.bench.config import BenchSpec, StrategyCell
+from factory.specs import DataSpec
+from targets.base import Mode
 from factory.cli import app
 from targets.errors import FactoryError
 
@@ -19,11 +23,11 @@ def one_line_error(result, message: str):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output
 
 
-def train_or_get_killed(recipe, weights_path, reporter):
+def train_or_get_killed(data, backbone, training, cache, weights_path, reporter):
     """Stands in for isolated.train_strategy: a full fine-tune is killed, as by the OOM killer."""
-    if recipe.strategy == "fine-tune" and recipe.unfreeze is None and recipe.unfreeze_blocks is None:
+    if training.strategy == "fine-tune" and training.unfreeze is None and training.unfreeze_blocks is None:
         os.kill(os.getpid(), signal.SIGKILL)
-    return isolated.train_strategy(recipe, weights_path, reporter=reporter)
+    return isolated.train_strategy(data, backbone, training, cache, weights_path, reporter=reporter)
 
 
 @pytest.fixture(scope="module")
@@ -165,18 +169,18 @@ def test_a_failing_artifact_is_recorded_and_the_grid_goes_on():
         def convert(self, *args):
             raise RuntimeError("converter crashed")
 
-    cell = grid.StrategyCell.parse("feature-extraction")
-    trained = grid.Trained({"strategy": cell.spec}, classifier=SimpleNamespace(model=None))
-    row = grid._measure_artifact(cell, trained, BrokenTarget(), "float16", context=None, out_dir=None,
-                                 dataset=SimpleNamespace(test=None), config=grid.BenchConfig("digits", "unused"),
-                                 reporter=Silent())
+    cell = StrategyCell.parse("feature-extraction")
+    trained = grid.TrainedCell({"strategy": cell.name}, trained=SimpleNamespace(model=None))
+    spec = BenchSpec(DataSpec("digits"), Path("unused"))
+    row = grid._measure_artifact(cell, trained, BrokenTarget(), Mode("float16", 0.99, ""), context=None,
+                                 out_dir=None, prepared=SimpleNamespace(data=None), spec=spec, reporter=Silent())
     assert row["status"] == "failed" and row["error"] == "RuntimeError: converter crashed"
 
 
 @pytest.mark.parametrize("spec", ["fine-tune", "fine-tune:0", "fine-tune:some", "linear-probe"])
 def test_bad_strategy_spec_is_one_line(tmp_path, spec):
     with pytest.raises(FactoryError, match="feature-extraction, fine-tune:K"):
-        grid.StrategyCell.parse(spec)
+        StrategyCell.parse(spec)
     out = tmp_path / "run"
     one_line_error(CliRunner().invoke(app, ["bench", "--quiet", "--data", "digits", "--out", str(out),
                                             "--strategy", spec]), f"--strategy {spec!r}")

@@ -78,9 +78,10 @@ def test_manifest_records_the_build(fashion_build):
 
 def test_tflite_artifact_runs_on_raw_pixels(fashion_build):
     from factory import data
+    from factory.specs import DataSpec
 
     out, manifest, _ = fashion_build
-    test = data.load("fashion-mnist", 96, limit=3000, seed=0).test
+    test = data.load(DataSpec("fashion-mnist", limit=3000), 96).test
     probs = run_interpreter(out / "model_float32.tflite", test.images[:64])
     assert probs.shape == (64, 10)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
@@ -116,9 +117,10 @@ def test_int8_of_a_fully_fine_tuned_build_meets_the_target_layer_figures(tmp_pat
 def test_hub_backbone_from_a_saved_model(tmp_path):
     """A small CNN trained here, saved as a SavedModel, then used as a `hub:` backbone."""
     from factory import data
+    from factory.specs import BackboneSpec, DataSpec
     from targets.tf_setup import keras, tf
 
-    digits = data.load("digits", 32, seed=0)
+    digits = data.load(DataSpec("digits"), 32)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
@@ -135,7 +137,7 @@ def test_hub_backbone_from_a_saved_model(tmp_path):
 
     from factory import backbones, classifier
 
-    loaded = classifier.build(backbones.resolve(f"hub:{saved}", 32), 10)
+    loaded = classifier.build(backbones.resolve(BackboneSpec(f"hub:{saved}", 32)), 10)
     np.testing.assert_allclose(
         loaded.features(digits.test.images), feature_model.predict(digits.test.images / 255.0, verbose=0),
         rtol=1e-4, atol=1e-4,

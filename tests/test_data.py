@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 
 from factory import data
+from factory.specs import DataSpec
 from targets.errors import FactoryError
 
 
 def test_folder_source_decodes_every_format_to_rgb_at_input_size(image_folder):
-    dataset = data.load(str(image_folder), 32, seed=0)
+    dataset = data.load(DataSpec(str(image_folder)), 32)
     assert dataset.class_names == ["blue", "red"]
     assert sum(dataset.sizes().values()) == 20
     for split in (dataset.train, dataset.val, dataset.test):
@@ -17,9 +18,9 @@ def test_folder_source_decodes_every_format_to_rgb_at_input_size(image_folder):
 
 
 def test_split_is_stratified_disjoint_and_deterministic():
-    a = data.load("digits", 16, seed=3)
-    b = data.load("digits", 16, seed=3)
-    c = data.load("digits", 16, seed=4)
+    a = data.load(DataSpec("digits", seed=3), 16)
+    b = data.load(DataSpec("digits", seed=3), 16)
+    c = data.load(DataSpec("digits", seed=4), 16)
     assert np.array_equal(a.test.images, b.test.images)
     assert not np.array_equal(a.test.images, c.test.images)
     assert a.sizes() == {"train": 1259, "validation": 179, "test": 359}
@@ -29,7 +30,7 @@ def test_split_is_stratified_disjoint_and_deterministic():
 
 
 def test_limit_keeps_class_balance_of_fashion_mnist():
-    dataset = data.load("fashion-mnist", 32, limit=500, seed=0)
+    dataset = data.load(DataSpec("fashion-mnist", limit=500), 32)
     assert sum(dataset.sizes().values()) == 500
     assert dataset.class_names[0] == "t-shirt_top" and len(dataset.class_names) == 10
     assert set(np.bincount(dataset.train.labels)) == {35}
@@ -39,11 +40,11 @@ def test_limit_keeps_class_balance_of_fashion_mnist():
 def test_corrupt_image_is_skipped_and_reported(image_folder):
     bad = image_folder / "red" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    dataset = data.load(str(image_folder), 32)
+    dataset = data.load(DataSpec(str(image_folder)), 32)
     assert sum(dataset.sizes().values()) == 20
     assert len(dataset.skipped) == 1 and "broken.jpg" in dataset.skipped[0]
     with pytest.raises(FactoryError, match="unreadable image .*broken.jpg"):
-        data.load(str(image_folder), 32, strict=True)
+        data.load(DataSpec(str(image_folder), strict=True), 32)
 
 
 @pytest.mark.parametrize(
@@ -65,9 +66,9 @@ def test_bad_folders_are_named_in_the_error(tmp_path, layout, message):
         for i in range(count):
             write_image(root / name / f"{i}.png", (10, 10, 10))
     with pytest.raises(FactoryError, match=message):
-        data.load(str(root), 32)
+        data.load(DataSpec(str(root)), 32)
 
 
 def test_missing_folder_suggests_named_sources(tmp_path):
     with pytest.raises(FactoryError, match="no such folder and not a named source .*fashion-mnist"):
-        data.load(str(tmp_path / "nope"), 32)
+        data.load(DataSpec(str(tmp_path / "nope")), 32)

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from factory import build, fetch, store
+from factory import fetch, pipeline, store
 from factory.cli import app
 from targets.errors import FactoryError
-from factory.progress import Silent
-from factory.recipe import Recipe
+from factory.specs import BackboneSpec, BuildSpec, DataSpec, ExportSpec, TrainingSpec
 from factory.server import CHECKSUM_HEADER, serve
 
 CHROMIUM = shutil.which("chromium")
@@ -29,9 +28,10 @@ CHROMIUM = shutil.which("chromium")
 def built(tmp_path_factory):
     """A real EfficientNet-Lite0 build on digits with TFLite and TF.js artifacts."""
     root = tmp_path_factory.mktemp("delivery")
-    recipe = Recipe(data="digits", out=str(root / "digits"), input_size=32, epochs=20,
-                    targets=["tflite", "tfjs"], latency_runs=0, min_agreement=0.95)
-    return build.run(recipe, Silent())
+    spec = BuildSpec(data=DataSpec("digits"), out=root / "digits", backbone=BackboneSpec(input_size=32),
+                     training=TrainingSpec(epochs=20),
+                     export=ExportSpec(targets=("tflite", "tfjs"), latency_runs=0, min_agreement=0.95))
+    return pipeline.build(spec)
 
 
 @pytest.fixture
@@ -159,10 +159,10 @@ def test_browser_demo_predicts_like_keras(served, built, tmp_path, backend):
     from playwright.sync_api import sync_playwright
 
     root, url, port = served
-    test = built.data.test
-    probs = built.classifier.model.predict(test.images, verbose=0)
+    test = built.prepared.data.test
+    probs = built.trained.model.predict(test.images, verbose=0)
     index = int(np.argmax(probs.max(1)))  # a confident image: backends may differ on near-ties
-    expected = built.data.class_names[int(probs[index].argmax())]
+    expected = built.prepared.data.class_names[int(probs[index].argmax())]
     image_path = tmp_path / "digit.png"
     Image.fromarray(test.images[index]).save(image_path)
     screenshot = Path(os.environ.get("DEMO_SCREENSHOT_DIR", tmp_path)) / f"demo-{backend}.png"

@@ -3,9 +3,9 @@ import pytest
 
 from factory import backbones, classifier
 from factory.classifier import is_batch_norm
+from factory import strategies
 from factory.progress import Silent
-from factory.recipe import Recipe
-from factory.strategies import STRATEGIES
+from factory.specs import BackboneSpec, TrainingSpec
 from factory.strategies.session import TrainingSession
 
 
@@ -22,11 +22,11 @@ def accuracy(model, split):
 
 
 def train(strategy, data, **overrides):
-    settings = {"epochs": 8, "fine_tune_epochs": 2, "cache": False, **overrides}
-    recipe = Recipe(data="fashion-mnist", out="unused", strategy=strategy, **settings)
-    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), len(data.class_names))
+    settings = {"epochs": 8, "fine_tune_epochs": 2, **overrides}
+    spec = TrainingSpec(strategy=strategy, **settings)
+    model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), len(data.class_names))
     before = snapshot(model.model.layers)
-    phases = STRATEGIES[strategy](model, data, recipe, Silent(), TrainingSession(model.model))
+    phases = strategies.get(strategy)(model, data, spec, Silent(), TrainingSession(model.model))
     return model, before, phases
 
 
@@ -51,7 +51,7 @@ def test_fine_tune_changes_exactly_the_unfrozen_top_and_keeps_batchnorm(fashion_
 
 
 def test_unfreeze_all_leaves_only_batchnorm_frozen(fashion_small):
-    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), 10)
+    model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
     names = classifier.unfreeze_top(model, None)
     frozen = [l for l in model.backbone_layers() if l.weights and not l.trainable]
     assert frozen and all(is_batch_norm(l) for l in frozen)

@@ -11,12 +11,13 @@ import pytest
 from factory import advisor, backbones, classifier
 from factory.cache import FeatureCache
 from factory.classifier import is_batch_norm, layer_groups, unfreeze_top_blocks
-from factory.inspect import gradient_flow
+from factory.gradient_flow import gradient_flow
+from factory.specs import BackboneSpec
 
 
 @pytest.fixture(scope="module")
 def lite0_32():
-    return classifier.build(backbones.resolve("efficientnet_lite0", 32), 10)
+    return classifier.build(backbones.resolve(BackboneSpec(input_size=32)), 10)
 
 
 def test_feature_cache_is_reused_and_invalidated(lite0_32, tmp_path):
@@ -31,7 +32,7 @@ def test_feature_cache_is_reused_and_invalidated(lite0_32, tmp_path):
     changed[3, 0, 0, 0] ^= 1  # one pixel of one image
     cache.features(changed)
     assert cache.misses == 2
-    other_weights = classifier.build(backbones.resolve("efficientnet_lite0", 32), 10)
+    other_weights = classifier.build(backbones.resolve(BackboneSpec(input_size=32)), 10)
     layer = other_weights.model.get_layer("top_conv")
     layer.set_weights([w * 1.01 for w in layer.get_weights()])
     other = FeatureCache(other_weights, tmp_path)
@@ -50,7 +51,7 @@ def test_blocks_are_stem_numbered_blocks_and_top(lite0_32):
 
 
 def test_gradient_flow_reports_only_unfrozen_blocks(lite0_32, fashion_small):
-    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), 10)
+    model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
     unfreeze_top_blocks(model, 2)
     rows = gradient_flow(model, fashion_small.train.images, fashion_small.train.labels, batches=1)
     by_group = {r["group"]: r for r in rows}
@@ -69,8 +70,8 @@ def test_advisor_rules():
 
 
 def test_advisor_probe_learning_curve_on_real_data(fashion_small):
-    model = classifier.build(backbones.resolve("efficientnet_lite0", 64), 10)
-    evidence = advisor.probe(model, fashion_small, use_cache=False)
+    model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
+    evidence = advisor.probe(model, fashion_small)
     assert list(evidence["learning_curve"]) == ["25%", "50%", "100%"]
     assert evidence["probe_accuracy"] > 0.5 and evidence["images_per_class_min"] == 42
     assert advisor.recommend(evidence).reasons

@@ -7,12 +7,16 @@ import zipfile
 import numpy as np
 import pytest
 
+from factory import quantization_aware
+from factory.quantization_aware import quantization_aware_model
+from targets import parity, registry, tflite, tflite_metadata
+from targets.base import ConversionContext
+from targets.calibration import calibration_subset
 from targets.errors import FactoryError
 from targets.tf_setup import keras
-from targets import REGISTRY, parity, tflite, tflite_metadata
-from targets.base import ConversionContext
-from targets.quantize import Calibration, calibration_subset, quantization_aware_model
 from targets.tfjs import node_ready
+
+REGISTRY = {name: registry.get(name) for name in registry.names()}
 
 NORMALIZATION = {"scale": 1 / 128, "offset": -127 / 128, "input_range": [0, 255]}
 
@@ -22,8 +26,9 @@ def digits_model():
     """A small CNN with the factory's input contract (pixels in, normalization in the graph),
     BatchNorm and a frozen first block, trained for real on sklearn digits."""
     from factory import data
+    from factory.specs import DataSpec
 
-    digits = data.load("digits", 32, seed=0)
+    digits = data.load(DataSpec("digits"), 32)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Rescaling(1 / 128, offset=-127 / 128, name="normalize")(inputs)
@@ -42,24 +47,27 @@ def digits_model():
     model.get_layer("conv1").trainable = False
     probs = model.predict(digits.test.images, verbose=0)
     assert np.mean(probs.argmax(1) == digits.test.labels) > 0.8
-    context = ConversionContext(
-        name="digits", labels=digits.class_names, normalization=NORMALIZATION,
-        calibration=Calibration(
-            calibration_subset(digits.train.images, 100), digits.train.images, digits.train.labels,
-            digits.val.images, digits.val.labels,
-        ),
-        qat_learning_rate=1e-4,
-    )
+    context = ConversionContext(name="digits", labels=digits.class_names, normalization=NORMALIZATION,
+                                calibration=calibration_subset(digits.train.images, 100))
     return model, digits, probs, context
+
+
+def model_for(mode, digits_model):
+    """The model a mode converts: QAT first trains a quantization-aware copy (a training step)."""
+    model, digits, _, context = digits_model
+    if mode != "qat":
+        return model
+    return quantization_aware.train(model, digits.train, digits.val, context.calibration, epochs=2,
+                                    learning_rate=1e-4)
 
 
 @pytest.mark.parametrize("mode", tflite.QUANTIZE_MODES)
 def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
     model, digits, keras_probs, context = digits_model
     target = REGISTRY["tflite"]
-    artifact = target.convert(model, mode, tmp_path, context)
+    artifact = target.convert(model_for(mode, digits_model), mode, tmp_path, context)
     report = parity.compare(keras_probs, target.predict(artifact, digits.test.images), digits.test.labels)
-    parity.gate(mode, mode, report, None)  # raises below the default threshold
+    parity.gate(mode, report, target.mode(mode).min_agreement)  # raises below the default threshold
     assert report["accuracy"] > 0.75
     types = target.describe(artifact)["tensor_types"]
     if mode in ("int8", "qat"):
@@ -97,9 +105,10 @@ def test_parity_gate_names_the_artifact_and_threshold():
     artifact_probs = np.eye(4)[[0, 1, 2, 0]]
     report = parity.compare(keras_probs, artifact_probs, np.array([0, 1, 2, 3]))
     assert report["agreement"] == 0.75
+    int8 = REGISTRY["tflite"].mode("int8").min_agreement
     with pytest.raises(FactoryError, match="tflite int8 agrees with the Keras model on 0.750 .* --min-agreement 0.94"):
-        parity.gate("tflite int8", "int8", report, None)
-    assert parity.gate("tflite int8", "int8", report, 0.7) == 0.7
+        parity.gate("tflite int8", report, int8)
+    assert parity.gate("tflite int8", report, 0.7) == 0.7
 
 
 def test_tflite_metadata_carries_labels_and_normalization(digits_model, tmp_path):
@@ -164,12 +173,19 @@ def test_tfjs_mode_runs_in_node_and_agrees(digits_model, tmp_path, mode):
 
 def test_qat_on_a_hub_backbone_is_refused_in_one_line(tmp_path):
     from factory import backbones, classifier
+    from factory.specs import BackboneSpec
     from targets.tf_setup import tf
 
     inputs = keras.Input((32, 32, 3))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
     tf.saved_model.save(keras.Model(inputs, features), str(tmp_path / "saved"))
-    model = classifier.build(backbones.resolve(f"hub:{tmp_path / 'saved'}", 32), 3).model
-    context = ConversionContext("m", ["a", "b", "c"], NORMALIZATION, Calibration(np.zeros((2, 32, 32, 3), np.uint8)))
+    model = classifier.build(backbones.resolve(BackboneSpec(f"hub:{tmp_path / 'saved'}", 32)), 3).model
     with pytest.raises(FactoryError, match="quantization-aware training cannot wrap this model.*--quantize int8"):
+        quantization_aware.quantization_aware_model(model)
+
+
+def test_qat_mode_refuses_a_model_that_was_not_trained_for_it(digits_model, tmp_path):
+    model, _, _, context = digits_model
+    with pytest.raises(FactoryError, match="quantization-aware model"):
         REGISTRY["tflite"].convert(model, "qat", tmp_path, context)
+    assert not list(tmp_path.iterdir())

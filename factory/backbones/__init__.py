@@ -5,10 +5,12 @@ bakes that normalization into the exported model, so apps feed plain RGB pixels 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from targets.errors import FactoryError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 @dataclass(frozen=True)
@@ -19,8 +21,6 @@ class Backbone:
     offset: float
     build: Callable  # build(normalized_tensor) -> pooled feature tensor; layers applied in place
     source: str  # where the weights came from, for the manifest
-    block_prefix: str | None = None  # layer-name prefix of numbered blocks, for --unfreeze-blocks
-    extra: dict = field(default_factory=dict)
 
     @property
     def normalization(self) -> dict:
@@ -41,7 +41,6 @@ def _efficientnet_lite(variant: str):
             offset=-127 / 128,
             build=lambda x: efficientnet_lite.build(x, variant),
             source=f"{path.parent.parent.name}/{path.name} (ImageNet-1k)",
-            block_prefix="block",
         )
 
     return make
@@ -72,21 +71,21 @@ def _register_keras_apps() -> None:
 
 _register_keras_apps()
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-
 
 def names() -> list[str]:
     return sorted(REGISTRY) + ["hub:<TF Hub handle or SavedModel dir>"]
 
 
-def resolve(spec: str, input_size: int | None = None, weights: str | None = None) -> Backbone:
-    """Turn a `--backbone` value into a Backbone (weights are loaded when it is built)."""
-    if input_size is not None and not 32 <= input_size <= 1024:
-        raise FactoryError(f"--input-size {input_size} is out of range: use 32..1024 (e.g. 96 or 224)")
-    if spec.startswith("hub:"):
+def check_name(name: str) -> None:
+    if not name.startswith("hub:") and name not in REGISTRY:
+        raise FactoryError(f"unknown backbone {name!r}: choose one of {', '.join(names())}")
+
+
+def resolve(spec) -> Backbone:
+    """Turn a BackboneSpec into a Backbone (weights are loaded when it is built)."""
+    check_name(spec.name)
+    if spec.name.startswith("hub:"):
         from factory.backbones import hub
 
-        return hub.backbone(spec[len("hub:"):], input_size)
-    if spec not in REGISTRY:
-        raise FactoryError(f"unknown backbone {spec!r}: choose one of {', '.join(names())}")
-    return REGISTRY[spec](input_size, weights)
+        return hub.backbone(spec.name[len("hub:"):], spec.input_size)
+    return REGISTRY[spec.name](spec.input_size, spec.weights)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from factory.backbones import Backbone
 from targets.errors import FactoryError
-from targets.tf_setup import keras
 
 # name: (constructor, native input size, scale, offset) -- the preprocessing the weights expect.
 APPS = {
@@ -32,6 +31,8 @@ def backbone(name: str, input_size: int | None, weights: str | None) -> Backbone
         raise FactoryError(f"--weights {weights}: no such file")
 
     def build(x):
+        from targets.tf_setup import keras
+
         try:
             app = getattr(keras.applications, constructor)(
                 include_top=False, weights=str(path), input_tensor=x, pooling="avg"

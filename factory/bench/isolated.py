@@ -86,27 +86,17 @@ def _child(function, args: tuple, result_path: str, events) -> None:
     Path(result_path).write_text(json.dumps(row))
 
 
-def train_strategy(recipe, weights_path: str, reporter) -> dict:
-    """Load data and backbone, train the recipe's strategy, save the weights; the result row."""
-    import time
-
-    from factory import backbones, classifier as classifier_lib, data as data_lib
+def train_strategy(data, backbone, training, cache, weights_path: str, reporter) -> dict:
+    """Prepare the data, train one strategy, save its weights; the result row."""
+    from factory import classifier as classifier_lib, pipeline
     from factory.bench.memory import PeakMemory
-    from factory.strategies import STRATEGIES
-    from factory.strategies.session import TrainingSession
-    from targets.tf_setup import keras
 
-    backbone = backbones.resolve(recipe.backbone, recipe.input_size, recipe.weights)
-    data = data_lib.load(recipe.data, backbone.input_size, limit=recipe.limit, seed=recipe.seed)
-    keras.utils.set_random_seed(recipe.seed)
-    model = classifier_lib.build(backbone, len(data.class_names), recipe.dropout)
+    prepared = pipeline.prepare(data, backbone)
     with PeakMemory() as peak:
-        start = time.perf_counter()
-        phases = STRATEGIES[recipe.strategy](model, data, recipe, reporter, TrainingSession(model.model))
-        seconds = time.perf_counter() - start
-    model.model.save_weights(weights_path)
+        trained = pipeline.train(prepared, training, cache=cache, reporter=reporter)
+    trained.model.save_weights(weights_path)
     return {
-        "status": "ok", "train_seconds": round(seconds, 2), **peak.as_dict(),
-        **classifier_lib.trainable_summary(model.model),
-        "epochs_run": sum(p.epochs_run for p in phases), "phases": [p.as_dict() for p in phases],
+        "status": "ok", "train_seconds": trained.train_seconds, **peak.as_dict(),
+        **classifier_lib.trainable_summary(trained.model),
+        "epochs_run": sum(p.epochs_run for p in trained.phases), "phases": [p.as_dict() for p in trained.phases],
     }

@@ -11,15 +11,15 @@ from factory import manifest
 from targets.errors import FactoryError
 
 
-def new(config, dataset) -> dict:
+def new(spec, dataset) -> dict:
     return {
         "format": "edgefactory-bench/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
-        "config": config.as_dict(),
+        "config": spec.as_dict(),
         "machine": machine(),
         "versions": manifest.package_versions(),
-        "data": {"source": config.data, "classes": dataset.class_names, "splits": dataset.sizes(),
+        "data": {"source": spec.data.source, "classes": dataset.class_names, "splits": dataset.sizes(),
                  "input_size": int(dataset.test.images.shape[1])},
         "strategies": [], "artifacts": [], "baseline": None, "advice": None,
     }

@@ -36,3 +36,23 @@ def one_line_errors(command):
 
 def size_text(num_bytes: int) -> str:
     return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.1f} kB"
+
+
+# --- options several commands share (each command chooses its own default) ---------------------
+DataOption = Annotated[str, typer.Option(
+    help="Folder with one sub-folder per class, or a named source: fashion-mnist, digits.")]
+BackboneOption = Annotated[str, typer.Option(help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR.")]
+WeightsOption = Annotated[Optional[Path], typer.Option(help="Local weights file for keras.applications backbones.")]
+InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size in pixels (default: the backbone's own).")]
+LimitOption = Annotated[Optional[int], typer.Option(help="Use a stratified subset of this many images (0: all).")]
+SeedOption = Annotated[int, typer.Option(help="Seed for subsetting, splitting and training.")]
+Quiet = Annotated[bool, typer.Option(help="No progress display.")]
+
+
+def data_and_backbone(data: str, backbone: str, weights: Path | None, input_size: int | None, limit: int | None,
+                      seed: int, **data_options):
+    """The DataSpec and BackboneSpec those shared options describe (checked here, before any work)."""
+    from factory.specs import BackboneSpec, DataSpec
+
+    return (DataSpec(data, limit=limit or None, seed=seed, **data_options),
+            BackboneSpec(backbone, input_size, str(weights) if weights else None))

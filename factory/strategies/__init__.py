@@ -1,7 +1,17 @@
-"""Training strategies: name -> train(classifier, data, recipe, reporter) -> [Phase]."""
-from factory.strategies import feature_extraction, fine_tuning
+"""Training strategies, by the name used on the command line (`--strategy`).
 
-STRATEGIES = {
-    "feature-extraction": feature_extraction.train,
-    "fine-tune": fine_tuning.train,
+Each module has `train(classifier, data, spec, reporter, session, features) -> [Phase]`. A new
+strategy is one module plus one line here (modules are imported when used, so the names can be
+checked before TensorFlow starts).
+"""
+import importlib
+
+MODULES = {
+    "feature-extraction": "feature_extraction",
+    "fine-tune": "fine_tuning",
 }
+NAMES = tuple(MODULES)
+
+
+def get(name: str):
+    return importlib.import_module(f"factory.strategies.{MODULES[name]}").train

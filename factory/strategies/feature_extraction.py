@@ -9,43 +9,45 @@ from __future__ import annotations
 from factory.cache import FeatureCache
 from factory.classifier import Classifier, freeze_backbone
 from factory.data import Dataset
+from factory.specs import TrainingSpec
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase, balanced_class_weights, fit
 
 
-def train_head(classifier: Classifier, data: Dataset, recipe, reporter, session: TrainingSession) -> Phase:
+def train_head(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
+               features: FeatureCache | None) -> Phase:
     def run(backup_dir):
-        cache = FeatureCache(classifier, recipe.cache_dir) if recipe.cache else None
-        task = reporter.start("backbone features (cached)" if cache else "backbone features", total=2)
-        features = {}
+        task = reporter.start("backbone features (cached)" if features else "backbone features", total=2)
+        extracted = {}
         for name, split in (("train", data.train), ("val", data.val)):
-            features[name] = cache.features(split.images) if cache else classifier.features(split.images)
+            extracted[name] = features.features(split.images) if features else classifier.features(split.images)
             reporter.advance(task)
         reporter.finish(task)
-        if cache:
-            reporter.note(f"feature cache: {cache.hits} hit(s), {cache.misses} miss(es) in {cache.folder}")
+        if features:
+            reporter.note(f"feature cache: {features.hits} hit(s), {features.misses} miss(es) in {features.folder}")
         return fit(
             classifier.head,
-            features["train"], data.train.labels,
-            (features["val"], data.val.labels),
+            extracted["train"], data.train.labels,
+            (extracted["val"], data.val.labels),
             name="head",
-            epochs=recipe.epochs,
-            learning_rate=recipe.learning_rate,
-            batch_size=recipe.batch_size,
-            patience=recipe.patience,
+            epochs=spec.epochs,
+            learning_rate=spec.learning_rate,
+            batch_size=spec.batch_size,
+            patience=spec.patience,
             reporter=reporter,
-            class_weight=class_weights(data, recipe),
-            seed=recipe.seed,
+            class_weight=class_weights(data, spec),
+            seed=spec.seed,
             backup_dir=backup_dir,
         )
 
     return session.run("head", run)
 
 
-def class_weights(data: Dataset, recipe):
-    return balanced_class_weights(data.train.labels, len(data.class_names)) if recipe.class_weights else None
+def class_weights(data: Dataset, spec: TrainingSpec):
+    return balanced_class_weights(data.train.labels, len(data.class_names)) if spec.class_weights else None
 
 
-def train(classifier: Classifier, data: Dataset, recipe, reporter, session: TrainingSession) -> list[Phase]:
+def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
+          features: FeatureCache | None = None) -> list[Phase]:
     freeze_backbone(classifier)
-    return [train_head(classifier, data, recipe, reporter, session)]
+    return [train_head(classifier, data, spec, reporter, session, features)]

@@ -9,53 +9,56 @@ as long as the validation loss improves, and keeps the best stage.
 """
 from __future__ import annotations
 
+from factory.cache import FeatureCache
 from factory.classifier import Classifier, layer_groups, unfreeze_top, unfreeze_top_blocks
 from factory.data import Dataset
-from targets.errors import FactoryError
+from factory.specs import TrainingSpec
 from factory.strategies import feature_extraction
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase, fit
+from targets.errors import FactoryError
 
 
-def _fit_backbone(classifier, data, recipe, reporter, session, name) -> Phase:
+def _fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name) -> Phase:
     return session.run(name, lambda backup_dir: fit(
         classifier.model,
         data.train.images, data.train.labels,
         (data.val.images, data.val.labels),
         name=name,
-        epochs=recipe.fine_tune_epochs,
-        learning_rate=recipe.fine_tune_learning_rate,
-        batch_size=recipe.batch_size,
-        patience=recipe.patience,
+        epochs=spec.fine_tune_epochs,
+        learning_rate=spec.backbone_learning_rate,
+        batch_size=spec.batch_size,
+        patience=spec.patience,
         reporter=reporter,
-        class_weight=feature_extraction.class_weights(data, recipe),
-        augment=recipe.augment,
-        seed=recipe.seed,
+        class_weight=feature_extraction.class_weights(data, spec),
+        augment=spec.augments,
+        seed=spec.seed,
         backup_dir=backup_dir,
     ))
 
 
-def train(classifier: Classifier, data: Dataset, recipe, reporter, session: TrainingSession) -> list[Phase]:
-    phases = feature_extraction.train(classifier, data, recipe, reporter, session)
-    if recipe.gradual:
-        return phases + _gradual(classifier, data, recipe, reporter, session, phases[-1])
-    if recipe.unfreeze_blocks is not None:
-        unfrozen = unfreeze_top_blocks(classifier, recipe.unfreeze_blocks)
-        name = f"fine-tune top {recipe.unfreeze_blocks} blocks"
+def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
+          features: FeatureCache | None = None) -> list[Phase]:
+    phases = feature_extraction.train(classifier, data, spec, reporter, session, features)
+    if spec.gradual:
+        return phases + _gradual(classifier, data, spec, reporter, session, phases[-1])
+    if spec.unfreeze_blocks is not None:
+        unfrozen = unfreeze_top_blocks(classifier, spec.unfreeze_blocks)
+        name = f"fine-tune top {spec.unfreeze_blocks} blocks"
     else:
-        unfrozen = unfreeze_top(classifier, recipe.unfreeze)
+        unfrozen = unfreeze_top(classifier, spec.unfreeze)
         name = f"fine-tune top {len(unfrozen)}"
     if not unfrozen:
         raise FactoryError("--unfreeze 0 leaves nothing to fine-tune; use --strategy feature-extraction")
-    return phases + [_fit_backbone(classifier, data, recipe, reporter, session, name)]
+    return phases + [_fit_backbone(classifier, data, spec, reporter, session, name)]
 
 
-def _gradual(classifier, data, recipe, reporter, session, head_phase: Phase) -> list[Phase]:
-    limit = recipe.unfreeze_blocks or len(layer_groups(classifier))
+def _gradual(classifier, data, spec: TrainingSpec, reporter, session, head_phase: Phase) -> list[Phase]:
+    limit = spec.unfreeze_blocks or len(layer_groups(classifier))
     phases, best = [], head_phase.best_val_loss
     for blocks in range(1, limit + 1):
         unfreeze_top_blocks(classifier, blocks)
-        phase = _fit_backbone(classifier, data, recipe, reporter, session, f"gradual: top {blocks} blocks")
+        phase = _fit_backbone(classifier, data, spec, reporter, session, f"gradual: top {blocks} blocks")
         phases.append(phase)
         if phase.best_val_loss >= best:
             session.revert_last()  # this stage did not help: keep the previous stage's weights

@@ -7,29 +7,20 @@ continues from its last completed epoch. The folder is removed when the build su
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from targets.errors import FactoryError
 from factory.strategies.training import Phase
+from targets.errors import FactoryError
 
 STATE = "state.json"
 
 
-def recipe_fingerprint(recipe) -> str:
-    """What must match for a checkpoint to be resumed: everything that shapes training."""
-    fields = recipe.as_dict()
-    for volatile in ("resume", "out", "publish", "model_name", "version", "targets", "quantize", "min_agreement",
-                     "calibration_size", "int8_io", "qat_epochs", "latency_runs"):
-        fields.pop(volatile, None)
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class TrainingSession:
     def __init__(self, model, folder: Path | None = None, fingerprint: str = "", resume: bool = False):
+        """`fingerprint`: what must match to resume (see factory.specs.weights_fingerprint)."""
         self.model, self.folder, self.fingerprint = model, folder, fingerprint
         self.done: list[Phase] = []
         self.snapshots: list[list] = []  # weights after each phase, for reverting a stage

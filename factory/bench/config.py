@@ -1,0 +1,93 @@
+"""What `factory bench` runs: a list of training specs x the export spec, and how it measures.
+
+Its defaults are the benchmark's own (shorter training than a build, every bench mode of every
+target, QAT for one epoch), derived from the specs' defaults here and nowhere else.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory.specs import BackboneSpec, DataSpec, ExportSpec, TrainingSpec, as_dict
+from targets.errors import FactoryError
+
+STRATEGY_HELP = "feature-extraction, fine-tune:K (top K blocks) or fine-tune:all"
+DEFAULT_STRATEGIES = ("feature-extraction", "fine-tune:2", "fine-tune:all")
+BENCH_INPUT_SIZE = 96  # keeps the grid quick; pass the size you deploy
+BENCH_LIMIT = 3000
+BENCH_TRAINING = TrainingSpec(epochs=15, fine_tune_epochs=3)
+BENCH_EXPORT = ExportSpec(targets=("tflite", "tfjs"), qat_epochs=1, latency_runs=50)
+
+
+@dataclass(frozen=True)
+class StrategyCell:
+    """One row of the grid: a strategy as typed on the command line and the spec it trains."""
+
+    name: str  # feature-extraction, fine-tune:3, fine-tune:all
+    label: str
+    training: TrainingSpec
+
+    @classmethod
+    def parse(cls, name: str, base: TrainingSpec = BENCH_TRAINING) -> "StrategyCell":
+        if name == "feature-extraction":
+            return cls(name, "feature extraction", dataclasses.replace(base, strategy="feature-extraction"))
+        kind, _, depth = name.partition(":")
+        if kind == "fine-tune" and depth == "all":
+            return cls(name, "full fine-tune", dataclasses.replace(base, strategy="fine-tune", unfreeze=None))
+        if kind == "fine-tune" and depth.isdigit() and int(depth) > 0:
+            blocks = f"{depth} block" + ("s" if int(depth) > 1 else "")
+            return cls(name, f"fine-tune top {blocks}",
+                       dataclasses.replace(base, strategy="fine-tune", unfreeze_blocks=int(depth)))
+        raise FactoryError(f"--strategy {name!r}: use {STRATEGY_HELP}")
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(":", "-")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    data: DataSpec
+    out: Path  # the run folder
+    backbone: BackboneSpec = BackboneSpec(input_size=BENCH_INPUT_SIZE)
+    training: TrainingSpec = BENCH_TRAINING  # what every cell shares (and the baseline's fit)
+    cells: tuple[StrategyCell, ...] = field(
+        default_factory=lambda: tuple(StrategyCell.parse(name) for name in DEFAULT_STRATEGIES))
+    export: ExportSpec = BENCH_EXPORT
+    throughput_batch: int = 32
+    throughput_runs: int = 5  # timing runs at throughput_batch; 0 skips
+    baseline: bool = True  # also run the plain hub.KerasLayer recipe
+    advisor: bool = True  # run the advisor and check it against the measured winner
+    keep_artifacts: bool = False
+    budget_ms: float | None = None
+    budget_kb: float | None = None
+
+    def __post_init__(self):
+        if not self.cells:
+            raise FactoryError(f"no strategies to run: pass --strategy ({STRATEGY_HELP})")
+        if self.throughput_batch < 1 or self.throughput_runs < 0:
+            raise FactoryError("--throughput-batch must be positive and --throughput-runs 0 or more")
+        if self.export.latency_runs < 1:
+            raise FactoryError("--latency-runs must be at least 1 for a benchmark")
+
+    def timings(self, target, artifact) -> dict:
+        """Batch-1 latency and larger-batch throughput, each in a fresh process of the runtime."""
+        return {
+            "latency": target.latency(artifact, runs=self.export.latency_runs),
+            "throughput": (target.latency(artifact, runs=self.throughput_runs, batch=self.throughput_batch)
+                           if self.throughput_runs else None),
+        }
+
+    def as_dict(self) -> dict:
+        """The configuration as recorded in results.json (flat, as the report shows it)."""
+        return {
+            "data": self.data.source, "out": str(self.out), **{k: v for k, v in as_dict(self.data).items()
+                                                               if k != "source"},
+            "backbone": self.backbone.name, "weights": self.backbone.weights, "input_size": self.backbone.input_size,
+            "strategies": [cell.name for cell in self.cells],
+            **{k: v for k, v in as_dict(self.training).items() if k not in ("strategy", "unfreeze", "unfreeze_blocks")},
+            **as_dict(self.export),
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("data", "out", "backbone", "training", "cells", "export")},
+        }

@@ -1,0 +1,213 @@
+"""`factory build`, `backbones`, `advise` and `inspect`: each composes the pipeline's stages."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from factory.backbones import DEFAULT_BACKBONE
+from factory.cli.common import (BackboneOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet, SeedOption,
+                                WeightsOption, app, console, data_and_backbone, one_line_errors, size_text)
+from factory.specs import DEFAULT_SEED, ExportSpec, TrainingSpec
+from targets import registry
+from targets.errors import FactoryError
+
+TRAINING, EXPORT = TrainingSpec(), ExportSpec()  # the defaults the options show
+
+
+def _modes_help() -> str:
+    return "; ".join(f"{name}: " + ", ".join(m.name for m in registry.get(name).modes) for name in registry.names())
+
+
+def _thresholds_help() -> str:
+    by_threshold: dict[float, list[str]] = {}
+    for name in registry.names():
+        for mode in registry.get(name).modes:
+            by_threshold.setdefault(mode.min_agreement, [])
+            if mode.name not in by_threshold[mode.min_agreement]:
+                by_threshold[mode.min_agreement].append(mode.name)
+    return ", ".join(f"{t} {'/'.join(names)}" for t, names in sorted(by_threshold.items(), reverse=True))
+
+
+def _parse_unfreeze(value: str) -> int | None:
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise FactoryError(f"--unfreeze {value!r}: pass a number of layers or 'all'")
+    return int(value)
+
+
+@app.command()
+@one_line_errors
+def build(
+    data: DataOption,
+    out: Path = typer.Option(..., help="Folder for the artifacts, labels.txt and manifest.json."),
+    backbone: BackboneOption = DEFAULT_BACKBONE,
+    weights: WeightsOption = None,
+    input_size: InputSizeOption = None,
+    strategy: str = typer.Option(TRAINING.strategy, help="feature-extraction (train a new head only), fine-tune "
+                                 "(the backbone's top too) or auto (the advisor chooses)."),
+    unfreeze: str = typer.Option(str(TRAINING.unfreeze), help="fine-tune: number of top backbone layers to "
+                                 "unfreeze, or 'all'."),
+    unfreeze_blocks: Optional[int] = typer.Option(
+        None, help="fine-tune: unfreeze the top K blocks (stem, block0..N, top) instead of --unfreeze layers."),
+    gradual: bool = typer.Option(TRAINING.gradual, help="fine-tune: unfreeze one more block per stage while "
+                                 "validation improves."),
+    augment: Optional[bool] = typer.Option(None, help="Flip/crop/rotate training images (default: on when "
+                                           "fine-tuning)."),
+    class_weights: bool = typer.Option(TRAINING.class_weights, help="Balanced class weights when classes are "
+                                       "imbalanced."),
+    cache: bool = typer.Option(True, help="Cache frozen-backbone features on disk ($EDGEFACTORY_CACHE)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted build from its last completed epoch."),
+    target: List[str] = typer.Option(list(EXPORT.targets), help="Deployment target: "
+                                     f"{', '.join(registry.names())}; repeat for several."),
+    quantize: List[str] = typer.Option(
+        [], help=f"{_modes_help()}. Repeat for several (each goes to every target that offers it). "
+        "Default: each target's first."),
+    min_agreement: Optional[float] = typer.Option(
+        None, help="Fail unless each artifact's top-1 agrees with Keras on this share of the test split "
+        f"(default: {_thresholds_help()})."),
+    calibration_size: int = typer.Option(EXPORT.calibration_size, help="Training images used to calibrate int8."),
+    int8_io: str = typer.Option(EXPORT.int8_io, help="Input/output type of int8 and qat TFLite models: uint8, int8."),
+    qat_epochs: int = typer.Option(EXPORT.qat_epochs, help="Epochs of quantization-aware training for --quantize qat."),
+    latency_runs: int = typer.Option(EXPORT.latency_runs, help="Batch-1 timing runs per artifact in a fresh "
+                                     "process (0: skip)."),
+    publish: Optional[Path] = typer.Option(None, help="Publish the finished build into this store folder."),
+    model_name: Optional[str] = typer.Option(None, help="Model name in the store (default: the --out folder's name)."),
+    version: Optional[str] = typer.Option(None, help="Version in the store (default: the next number)."),
+    sign_key: Optional[Path] = typer.Option(None, help="Sign the published release with this Ed25519 private key "
+                                            "(`factory keys new`)."),
+    epochs: int = typer.Option(TRAINING.epochs, help="Epochs for the head (early stopping may end sooner)."),
+    fine_tune_epochs: int = typer.Option(TRAINING.fine_tune_epochs, help="Epochs for fine-tuning the unfrozen layers."),
+    learning_rate: float = typer.Option(TRAINING.learning_rate, help="Learning rate for the head."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Learning rate for fine-tuning "
+                                                            "(default: learning rate / 10)."),
+    batch_size: int = typer.Option(TRAINING.batch_size),
+    patience: int = typer.Option(TRAINING.patience, help="Early stopping: epochs without validation-loss improvement."),
+    limit: LimitOption = None,
+    seed: SeedOption = DEFAULT_SEED,
+    strict_data: bool = typer.Option(False, help="Fail on the first unreadable image instead of skipping it."),
+    quiet: Quiet = False,
+    debug: Debug = False,
+):
+    """Train a classifier on DATA by transfer learning and export verified artifacts to OUT."""
+    from factory.specs import BuildSpec, CacheSpec, PublishSpec
+
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed, strict=strict_data)
+    spec = BuildSpec(
+        data=data_spec, out=out, backbone=backbone_spec,
+        training=TrainingSpec(
+            strategy=strategy, unfreeze=_parse_unfreeze(unfreeze), unfreeze_blocks=unfreeze_blocks, gradual=gradual,
+            augment=augment, class_weights=class_weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
+            learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size,
+            patience=patience, seed=seed),
+        export=ExportSpec(
+            targets=tuple(target), quantize=tuple(quantize), min_agreement=min_agreement,
+            calibration_size=calibration_size, int8_io=int8_io, qat_epochs=qat_epochs, latency_runs=latency_runs),
+        publish=PublishSpec(publish, model_name or out.resolve().name, version, sign_key) if publish else None,
+        cache=CacheSpec(enabled=cache),
+        resume=resume,
+    )
+    from factory import pipeline
+    from factory.progress import Reporter
+
+    with Reporter(enabled=not quiet) as reporter:
+        result = pipeline.build(spec, reporter)
+    _print_summary(result.manifest, result.out)
+    if result.release:
+        console.print(f"published: {result.release}")
+
+
+def _print_summary(manifest: dict, out: Path) -> None:
+    metrics, strategy = manifest["metrics"], manifest["strategy"]
+    table = Table(title=f"{manifest['backbone']['name']} / {strategy['name']} -> {out}")
+    for column in ("model", "test accuracy", "agreement", "size", "latency p50", "time"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    keras_size = strategy["total_params"] * 4
+    table.add_row(
+        "keras", f"{metrics['keras_test_accuracy']:.4f}", "-", size_text(keras_size), "-",
+        f"{metrics['train_seconds']:.1f}s train"
+    )
+    for a in manifest["artifacts"]:
+        latency = f"{a['latency']['p50_ms']:.2f} ms" if a.get("latency") else "-"
+        table.add_row(
+            f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
+            size_text(a["bytes"]), latency, f"{a['convert_seconds']:.1f}s convert",
+        )
+    console.print(table)
+    console.print(
+        f"trainable layers: {strategy['trainable_layers']}, trainable params: {strategy['trainable_params']:,}; "
+        f"splits {manifest['data']['splits']}"
+    )
+
+
+@app.command("backbones")
+def list_backbones():
+    """List the backbones this install can build on."""
+    from factory import backbones
+
+    for name in backbones.names():
+        console.print(name)
+
+
+@app.command()
+@one_line_errors
+def advise(
+    data: DataOption,
+    backbone: BackboneOption = DEFAULT_BACKBONE,
+    weights: WeightsOption = None,
+    input_size: InputSizeOption = None,
+    limit: LimitOption = None,
+    seed: SeedOption = DEFAULT_SEED,
+    debug: Debug = False,
+):
+    """Probe DATA with a linear head on frozen features and recommend a strategy, with the evidence."""
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed)
+    from factory import pipeline
+
+    advice = pipeline.advise(pipeline.prepare(data_spec, backbone_spec), seed)
+    evidence = advice.evidence
+    console.print(f"learning curve (linear probe, validation accuracy): {evidence['learning_curve']}")
+    console.print(f"images per class: min {evidence['images_per_class_min']}, "
+                  f"median {evidence['images_per_class_median']:.0f}; classes {evidence['classes']}")
+    blocks = f" --unfreeze-blocks {advice.unfreeze_blocks}" if advice.unfreeze_blocks else ""
+    console.print(f"[bold]recommendation:[/] --strategy {advice.strategy}{blocks}")
+    for reason in advice.reasons:
+        console.print(f"  - {reason}")
+
+
+@app.command()
+@one_line_errors
+def inspect(
+    data: DataOption,
+    backbone: BackboneOption = DEFAULT_BACKBONE,
+    weights: WeightsOption = None,
+    input_size: InputSizeOption = None,
+    unfreeze_blocks: int = typer.Option(3, min=0, help="Unfreeze the top K blocks before measuring."),
+    limit: LimitOption = None,
+    batches: int = typer.Option(3, min=1, help="Batches to average the gradient norms over."),
+    plot: Path = typer.Option(Path("gradient_flow.png"), help="Where to save the bar chart (PNG)."),
+    seed: SeedOption = DEFAULT_SEED,
+    debug: Debug = False,
+):
+    """Print the gradient norm per block after training a head and unfreezing the top blocks."""
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed)
+    from factory import gradient_flow, pipeline
+    from factory.classifier import unfreeze_top_blocks
+
+    prepared = pipeline.prepare(data_spec, backbone_spec)
+    trained = pipeline.train(prepared, TrainingSpec(seed=seed))  # feature extraction: the head first
+    unfreeze_top_blocks(trained.classifier, unfreeze_blocks)
+    train_split = prepared.data.train
+    rows = gradient_flow.gradient_flow(trained.classifier, train_split.images, train_split.labels, batches=batches)
+    table = Table(title=f"gradient norm per block, top {unfreeze_blocks} blocks unfrozen (after head training)")
+    for column in ("block", "trainable params", "gradient norm"):
+        table.add_column(column, justify="left" if column == "block" else "right")
+    for row in rows:
+        norm = f"{row['grad_norm']:.3e}" if row["trainable_params"] else "frozen"
+        table.add_row(row["group"], f"{row['trainable_params']:,}", norm)
+    console.print(table)
+    title = f"{backbone}: gradient flow, top {unfreeze_blocks} blocks unfrozen"
+    console.print(f"plot: {gradient_flow.plot(rows, plot, title)}")

@@ -1,0 +1,301 @@
+"""The pipeline in four stages; `factory build`, `bench`, `advise`, `inspect` and the Python API
+all compose them:
+
+    prepare(DataSpec, BackboneSpec)            -> Prepared      backbone resolved, data split
+    train(Prepared, TrainingSpec)              -> TrainedModel  the strategy's phases, evaluated
+    export(TrainedModel, Prepared, ExportSpec) -> [ArtifactReport]  convert, compare, time
+    publish(build folder, PublishSpec)         -> the release folder in the store
+
+`build(BuildSpec)` runs them in order, gates every artifact on its agreement with Keras,
+and writes labels.txt and manifest.json beside the artifacts, all or nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, store, strategies
+from factory import output as staging
+from factory.cache import FeatureCache
+from factory.progress import Reporter, Silent
+from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
+                           as_dict, weights_fingerprint)
+from factory.strategies.session import TrainingSession
+from factory.strategies.training import Phase
+from targets import parity
+from targets.base import QUANTIZATION_AWARE, Artifact, ConversionContext, Mode, Target
+from targets.calibration import calibration_subset
+from targets.errors import FactoryError
+from targets.tf_setup import keras
+
+
+# --- prepare -------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """The data stage's result: the resolved backbone and the split dataset."""
+
+    data_spec: DataSpec
+    backbone_spec: BackboneSpec
+    backbone: backbones.Backbone
+    data: data_lib.Dataset
+
+
+def prepare(data: DataSpec, backbone: BackboneSpec = BackboneSpec(), reporter: Reporter = Silent()) -> Prepared:
+    resolved = backbones.resolve(backbone)
+    dataset = data_lib.load(data, resolved.input_size)
+    for line in dataset.skipped:
+        reporter.note(f"[yellow]skipped unreadable image[/] {line}")
+    return Prepared(data, backbone, resolved, dataset)
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+@dataclass
+class TrainedModel:
+    """A trained Keras model (RGB pixels in [0, 255] -> probabilities) and how it got there."""
+
+    model: keras.Model
+    normalization: dict  # the backbone's, baked into the model's first layer
+    test_probs: np.ndarray  # its probabilities on the test split
+    test_labels: np.ndarray
+    spec: TrainingSpec | None = None  # None for a model trained outside the strategies
+    phases: list[Phase] = field(default_factory=list)
+    train_seconds: float = 0.0
+    advice: dict | None = None  # the advisor's verdict when the strategy was auto
+    classifier: classifier_lib.Classifier | None = None
+    variants: dict = field(default_factory=dict)  # models derived for export modes, by training step
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(np.mean(self.test_probs.argmax(1) == self.test_labels))
+
+
+def evaluate(model: keras.Model, split, batch_size: int = 64) -> np.ndarray:
+    """The model's probabilities on every example of `split`, batch by batch."""
+    return np.concatenate([model.predict_on_batch(images) for images, _ in split.batches(batch_size)])
+
+
+def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: CacheSpec = CacheSpec(),
+          reporter: Reporter = Silent(), checkpoint: Path | None = None, resume: bool = False) -> TrainedModel:
+    """Build the classifier and train it with the spec's strategy (the advisor's, for auto).
+
+    With a `checkpoint` folder every finished phase and epoch is saved there, and `resume`
+    continues from it; the caller removes it once the result is safe.
+    """
+    keras.utils.set_random_seed(spec.seed)
+    start = time.perf_counter()
+    data = prepared.data
+    advice = None
+    if spec.strategy == "auto":
+        advice = advise(prepared, spec.seed, cache, reporter)
+        spec = dataclasses.replace(spec, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
+    classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
+    features = FeatureCache(classifier, cache.features_folder) if cache.enabled else None
+    fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
+    session = TrainingSession(classifier.model, checkpoint, fingerprint, resume)
+    if session.resumed:
+        reporter.note(f"resuming after {len(session.done)} finished phase(s) from {checkpoint}")
+    phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
+    seconds = round(time.perf_counter() - start, 2)
+    return TrainedModel(
+        model=classifier.model, normalization=prepared.backbone.normalization,
+        test_probs=evaluate(classifier.model, data.test), test_labels=data.test.labels, spec=spec,
+        phases=phases, train_seconds=seconds,
+        advice=advice.as_dict() if advice else None, classifier=classifier,
+    )
+
+
+def advise(prepared: Prepared, seed: int = TrainingSpec.seed, cache: CacheSpec = CacheSpec(),
+           reporter: Reporter = Silent()):
+    """The advisor's recommendation for this data (a linear probe on frozen features)."""
+    from factory import advisor
+
+    task = reporter.start("advisor probe (linear head, learning curve)", total=1)
+    classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
+    features = FeatureCache(classifier, cache.features_folder) if cache.enabled else None
+    advice = advisor.recommend(advisor.probe(classifier, prepared.data, seed=seed, features=features))
+    reporter.finish(task)
+    blocks = f", top {advice.unfreeze_blocks} blocks" if advice.unfreeze_blocks else ""
+    reporter.note(f"advisor: {advice.strategy}{blocks} -- " + "; ".join(advice.reasons))
+    return advice
+
+
+def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> TrainedModel:
+    """A TrainedModel from weights saved by a training elsewhere (another process)."""
+    classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names), spec.dropout)
+    classifier.model.load_weights(str(weights_path))
+    return TrainedModel(model=classifier.model, normalization=prepared.backbone.normalization,
+                        test_probs=evaluate(classifier.model, prepared.data.test),
+                        test_labels=prepared.data.test.labels, spec=spec, classifier=classifier)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+@dataclass
+class ArtifactReport:
+    """One converted artifact, compared with the Keras model on the whole test split."""
+
+    artifact: Artifact
+    mode: Mode
+    agreement: float  # top-1 agreement with Keras
+    max_abs_diff: float
+    accuracy: float  # of the artifact itself, in its runtime
+    min_agreement: float  # the threshold it is held to
+    description: dict  # stored number types
+    latency: dict | None = None
+
+    @property
+    def passes_gate(self) -> bool:
+        return self.agreement >= self.min_agreement
+
+    @property
+    def name(self) -> str:
+        return f"{self.artifact.target} {self.artifact.quantize}"
+
+    def manifest_entry(self, out_dir: Path) -> dict:
+        files = self.artifact.files
+        return {
+            "target": self.artifact.target,
+            "quantize": self.artifact.quantize,
+            "file": str(self.artifact.path.relative_to(out_dir)),
+            "files": [str(f.relative_to(out_dir)) for f in files],
+            "bytes": sum(f.stat().st_size for f in files),
+            "sha256": manifest.sha256(self.artifact.path),
+            "convert_seconds": self.artifact.convert_seconds,
+            "agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "accuracy": self.accuracy,
+            "min_agreement": self.min_agreement,
+            "passes_gate": self.passes_gate,
+            "latency": self.latency,
+            **self.description,
+        }
+
+
+def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spec: ExportSpec) -> ConversionContext:
+    needs_calibration = any(mode.calibration for _, mode in spec.plan())
+    calibration = calibration_subset(prepared.data.train.images, spec.calibration_size, prepared.data_spec.seed)
+    return ConversionContext(name=name, labels=prepared.data.class_names, normalization=trained.normalization,
+                             calibration=calibration if needs_calibration else None)
+
+
+def model_for(mode: Mode, trained: TrainedModel, prepared: Prepared, spec: ExportSpec, context) -> keras.Model:
+    """The model a mode converts: the trained one, or a copy a training step prepared (once)."""
+    if mode.training is None:
+        return trained.model
+    if mode.training != QUANTIZATION_AWARE:
+        raise FactoryError(f"--quantize {mode.name} needs a training step this factory does not know: {mode.training}")
+    if mode.training not in trained.variants:
+        from factory import quantization_aware
+
+        batch_size = trained.spec.batch_size if trained.spec else TrainingSpec.batch_size
+        trained.variants[mode.training] = quantization_aware.train(
+            trained.model, prepared.data.train, prepared.data.val, context.calibration,
+            epochs=spec.qat_epochs, learning_rate=spec.qat_learning_rate, batch_size=batch_size)
+    return trained.variants[mode.training]
+
+
+def convert(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode, out_dir: Path,
+            context: ConversionContext, spec: ExportSpec, reporter: Reporter = Silent()) -> ArtifactReport:
+    """Convert one artifact and compare it with the Keras model in its own runtime."""
+    task = reporter.start(f"{target.name} {mode.name}: convert, verify", total=2)
+    artifact = target.convert(model_for(mode, trained, prepared, spec, context), mode.name, out_dir, context)
+    reporter.advance(task)
+    test = prepared.data.test
+    report = parity.compare(trained.test_probs, target.predict(artifact, test.images), test.labels)
+    reporter.finish(task)
+    return ArtifactReport(artifact, mode, **report, min_agreement=spec.threshold(mode),
+                          description=target.describe(artifact))
+
+
+def gate(report: ArtifactReport) -> None:
+    """Refuse an artifact that disagrees with Keras more than its threshold allows."""
+    parity.gate(report.name, {"agreement": report.agreement}, report.min_agreement)
+
+
+def time_artifact(target: Target, report: ArtifactReport, runs: int, batch: int = 1) -> dict:
+    """p50/p90 latency at `batch`, measured in a fresh process of the artifact's runtime."""
+    return target.latency(report.artifact, runs=runs, batch=batch)
+
+
+def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir: Path, *, name: str = "model",
+           reporter: Reporter = Silent()) -> list[ArtifactReport]:
+    """Every planned artifact: converted, gated on agreement with Keras, then timed."""
+    context = conversion_context(name, trained, prepared, spec)
+    reports = []
+    for target, mode in spec.plan():
+        report = convert(trained, prepared, target, mode, Path(out_dir), context, spec, reporter)
+        gate(report)
+        if spec.latency_runs:
+            report.latency = time_artifact(target, report, spec.latency_runs)
+        reports.append(report)
+    return reports
+
+
+# --- publish -------------------------------------------------------------------------------------
+
+def check_publish(spec: PublishSpec) -> None:
+    """Refuse a bad name or a taken version before any work is done."""
+    store.check_name("--model-name", spec.model_name)
+    if spec.version and spec.version in store.versions(Path(spec.store), spec.model_name):
+        raise FactoryError(f"{spec.model_name} version {spec.version} is already published; "
+                                 "choose another --version")
+
+
+def publish(build_dir: Path, spec: PublishSpec) -> Path:
+    return store.publish(Path(build_dir), Path(spec.store), spec.model_name, spec.version, sign_key=spec.sign_key)
+
+
+# --- build: the stages in order ------------------------------------------------------------------
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: dict
+    prepared: Prepared
+    trained: TrainedModel
+    artifacts: list[ArtifactReport]
+    release: Path | None = None  # where it was published, if it was
+
+
+def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult:
+    out = Path(spec.out)
+    if spec.publish:
+        check_publish(spec.publish)
+    staging.check_destination(out)
+    prepared = prepare(spec.data, spec.backbone, reporter)
+    trained = train(prepared, spec.training, cache=spec.cache, reporter=reporter, checkpoint=spec.checkpoint_dir,
+                    resume=spec.resume)
+    with staging.staged(out) as folder:
+        reports = export(trained, prepared, spec.export, folder, name=out.resolve().name or "model", reporter=reporter)
+        (folder / "labels.txt").write_text("\n".join(prepared.data.class_names) + "\n")
+        manifest.write(folder, manifest_body(dataclasses.replace(spec, training=trained.spec), prepared, trained,
+                                             [r.manifest_entry(folder) for r in reports]))
+    shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # the build is safe: its checkpoint is not needed
+    release = publish(out, spec.publish) if spec.publish else None
+    return BuildResult(out, manifest.read(out), prepared, trained, reports, release)
+
+
+def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, artifacts: list[dict]) -> dict:
+    backbone, data = prepared.backbone, prepared.data
+    return {
+        "backbone": {"name": backbone.name, "input_size": backbone.input_size,
+                     "normalization": backbone.normalization, "weights": backbone.source},
+        "strategy": {"name": trained.spec.strategy, **classifier_lib.trainable_summary(trained.model),
+                     "phases": [p.as_dict() for p in trained.phases], "advice": trained.advice},
+        "hyperparameters": spec.hyperparameters(),
+        "seed": spec.training.seed,
+        "data": {"source": spec.data.source, "classes": data.class_names, "splits": data.sizes(),
+                 "skipped_images": len(data.skipped)},
+        "metrics": {"keras_test_accuracy": trained.test_accuracy, "train_seconds": trained.train_seconds},
+        "artifacts": artifacts,
+    }
+
+
+__all__ = ["prepare", "train", "export", "publish", "build", "Prepared", "TrainedModel", "ArtifactReport",
+           "BuildResult", "DataSpec", "BackboneSpec", "TrainingSpec", "ExportSpec", "PublishSpec", "CacheSpec",
+           "BuildSpec", "as_dict"]
