@@ -50,7 +50,7 @@ def get(port, path, headers=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", path, headers=headers or {})  # sent as written: no client-side normalization
     response = connection.getresponse()
-    return response.status, dict(response.getheaders()), response.read()
+    return response.status, response.headers, response.read()  # header names: case-insensitive
 
 
 def test_publish_is_versioned_and_never_overwrites(built, tmp_path):
@@ -67,27 +67,59 @@ def test_publish_is_versioned_and_never_overwrites(built, tmp_path):
     assert "tfjs float32" in result.output
 
 
+# A publish that blocks at a known point (after its first file is copied, or right after the
+# release is renamed into place and before LATEST is written) so the test can kill -9 it there.
+BLOCKING_PUBLISH = """
+import os, sys, threading
+from factory import store
+point = sys.argv[3]
+if point == "copy":
+    copy = store._copy_verified
+    def blocking_copy(*args):
+        copy(*args)
+        print("copied", flush=True)
+        threading.Event().wait()
+    store._copy_verified = blocking_copy
+else:
+    rename = os.rename
+    def blocking_rename(*args):
+        rename(*args)
+        print("renamed", flush=True)
+        threading.Event().wait()
+    os.rename = blocking_rename
+store.publish(sys.argv[1], sys.argv[2], "digits")
+"""
+
+
+def kill_publish_at(point, build_dir, root):
+    process = subprocess.Popen([sys.executable, "-c", BLOCKING_PUBLISH, str(build_dir), str(root), point],
+                               stdout=subprocess.PIPE)
+    try:
+        assert process.stdout.readline().strip() == {"copy": b"copied", "rename": b"renamed"}[point]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    return process.pid
+
+
 def test_killed_publish_leaves_no_visible_release(built, tmp_path):
     root = tmp_path / "store"
     store.publish(built.out, root, "digits")
-    slow_copy = (
-        "import shutil, time, sys\n"
-        "from factory import store\n"
-        "original = shutil.copyfile\n"
-        "def slow(*a, **k):\n"
-        "    time.sleep(0.5); return original(*a, **k)\n"
-        "shutil.copyfile = slow\n"
-        "print('copying', flush=True)\n"
-        "store.publish(sys.argv[1], sys.argv[2], 'digits')\n"
-    )
-    process = subprocess.Popen([sys.executable, "-c", slow_copy, str(built.out), str(root)], stdout=subprocess.PIPE)
-    assert process.stdout.readline().strip() == b"copying"
-    time.sleep(1.5)  # mid-copy: several files written to the hidden staging folder
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    pid = kill_publish_at("copy", built.out, root)  # kill -9 mid-copy
     assert any(p.name.startswith(".") for p in (root / "digits").iterdir())  # the half copy exists...
     assert store.versions(root, "digits") == ["1"] and store.latest(root, "digits") == "1"  # ...but is invisible
+    assert store.latest_problem(root, "digits") is None
+    result = CliRunner().invoke(app, ["store", "gc", str(root)])
+    assert result.exit_code == 0 and f".2.incoming-{pid}-" in result.output and "1 leftover(s) removed" in result.output
+    assert sorted(p.name for p in (root / "digits").iterdir()) == ["1", "LATEST"]
     assert store.publish(built.out, root, "digits").name == "2"
+
+    kill_publish_at("rename", built.out, root)  # kill -9 after the rename, before LATEST is written
+    assert store.versions(root, "digits") == ["1", "2", "3"] and store.latest(root, "digits") == "2"
+    assert "LATEST names 2 but 3 is newer" in store.latest_problem(root, "digits")
+    assert [r.problems for r in store.check(root)] == [[], [], []]  # the renamed release is complete
+    assert sorted(p.name for p in (root / "digits").iterdir()) == ["1", "2", "3", "LATEST"]  # no partial file
+    assert store.publish(built.out, root, "digits").name == "4" and store.latest(root, "digits") == "4"
 
 
 def test_server_index_etag_and_checksums(served, built):

@@ -38,7 +38,7 @@ def list_models(store: Path = typer.Argument(..., help="Store folder."), debug: 
     for row in rows:
         version = row["version"] + (" (latest)" if row["latest"] else "")
         if row["damaged"]:
-            table.add_row(row["model"], version, "[red]damaged[/]", "", row["damaged"], "")
+            table.add_row(row["model"], version, "[red]damaged[/] (see below)", "", "", "")
             continue
         artifacts = ", ".join(f"{a['target']} {a['quantize']} ({_accuracy(a['accuracy'])}, {size_text(a['bytes'])})"
                               for a in row["artifacts"])
@@ -46,6 +46,10 @@ def list_models(store: Path = typer.Argument(..., help="Store folder."), debug: 
                       f"{row['backbone']} / {row['strategy']}", _accuracy(row["keras_accuracy"]), artifacts,
                       row["created"])
     console.print(table)
+    for row in rows:
+        if row["damaged"]:
+            console.print(f"[red]damaged[/] {row['model']} {row['version']}: {row['damaged']}", highlight=False,
+                          soft_wrap=True)
     for model in sorted({row["model"] for row in rows}):
         problem = store_lib.latest_problem(store, model)
         if problem:
