@@ -18,6 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory import backbones, classifier, data as data_lib  # noqa: E402
 from factory.cache import FeatureCache  # noqa: E402
+from factory.specs import BackboneSpec, DataSpec  # noqa: E402
 from targets.tf_setup import keras  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cache_speed.json"
@@ -38,8 +39,8 @@ def main():
     parser.add_argument("--input-size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
-    data = data_lib.load("fashion-mnist", args.input_size, limit=args.limit, seed=0)
-    backbone = backbones.resolve("efficientnet_lite0", args.input_size)
+    data = data_lib.load(DataSpec("fashion-mnist", limit=args.limit), args.input_size)
+    backbone = backbones.resolve(BackboneSpec(input_size=args.input_size))
 
     # A: the plain way: the frozen backbone runs on every image in every epoch.
     keras.utils.set_random_seed(0)

@@ -14,18 +14,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory import advisor, backbones, build, classifier, data as data_lib  # noqa: E402
+from factory import pipeline  # noqa: E402
 from factory.progress import Reporter  # noqa: E402
-from factory.recipe import Recipe  # noqa: E402
+from factory.specs import BackboneSpec, BuildSpec, DataSpec, ExportSpec, TrainingSpec  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "strategies.json"
 
 
-def run_build(reporter, **fields) -> dict:
+def run_build(reporter, data: DataSpec, backbone: BackboneSpec, training: TrainingSpec) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        result = build.run(Recipe(out=f"{folder}/out", targets=[], latency_runs=0, **fields), reporter)
-        manifest = result.manifest
+        spec = BuildSpec(data, Path(folder) / "out", backbone, training, ExportSpec(latency_runs=0))
+        manifest = pipeline.build(spec, reporter).manifest
     return {
         "test_accuracy": manifest["metrics"]["keras_test_accuracy"],
         "seconds": round(time.perf_counter() - start, 1),
@@ -34,13 +34,13 @@ def run_build(reporter, **fields) -> dict:
 
 
 def compare(name: str, source: str, size: int, limit, blocks: int, epochs: int, reporter) -> dict:
-    backbone = backbones.resolve("efficientnet_lite0", size)
-    dataset = data_lib.load(source, size, limit=limit, seed=0)
-    advice = advisor.recommend(advisor.probe(classifier.build(backbone, len(dataset.class_names)), dataset))
-    common = dict(data=source, input_size=size, limit=limit, epochs=30)
-    fe = run_build(reporter, strategy="feature-extraction", **common)
-    ft = run_build(reporter, strategy="fine-tune", unfreeze_blocks=advice.unfreeze_blocks or blocks,
-                   fine_tune_epochs=epochs, **common)
+    data, backbone = DataSpec(source, limit=limit), BackboneSpec(input_size=size)
+    prepared = pipeline.prepare(data, backbone)
+    dataset = prepared.data
+    advice = pipeline.advise(prepared)
+    fe = run_build(reporter, data, backbone, TrainingSpec(strategy="feature-extraction", epochs=30))
+    ft = run_build(reporter, data, backbone, TrainingSpec(
+        strategy="fine-tune", unfreeze_blocks=advice.unfreeze_blocks or blocks, fine_tune_epochs=epochs, epochs=30))
     winner = "fine-tune" if ft["test_accuracy"] > fe["test_accuracy"] else "feature-extraction"
     return {
         "dataset": name, "input_size": size, "splits": dataset.sizes(),

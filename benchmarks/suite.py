@@ -8,6 +8,7 @@ benchmarks/results/suite/ for the README. About 20 minutes on 2 CPU cores.
     python benchmarks/suite.py [--limit 3000] [--epochs 15] [--fine-tune-epochs 3] [--run-folder DIR]
 """
 import argparse
+import dataclasses
 import shutil
 import sys
 from datetime import datetime
@@ -15,6 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory.bench import grid  # noqa: E402
+from factory.bench.config import (BENCH_LIMIT, BENCH_TRAINING, DEFAULT_STRATEGIES, BenchSpec,  # noqa: E402
+                                  StrategyCell)
+from factory.specs import DataSpec  # noqa: E402
 from factory.bench.report import PLOTS, summary_lines  # noqa: E402
 from factory.progress import Reporter  # noqa: E402
 
@@ -23,19 +27,20 @@ FILES = ["results.json", "results.csv", "report.html", *PLOTS.values()]
 
 
 def main():
-    defaults = grid.BenchConfig(data="fashion-mnist", out="")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=defaults.limit)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
+    parser.add_argument("--limit", type=int, default=BENCH_LIMIT)
+    parser.add_argument("--epochs", type=int, default=BENCH_TRAINING.epochs)
+    parser.add_argument("--fine-tune-epochs", type=int, default=BENCH_TRAINING.fine_tune_epochs)
     parser.add_argument("--budget-ms", type=float, default=1.0)
     parser.add_argument("--run-folder", type=Path,
                         default=Path("runs") / datetime.now().strftime("suite-%Y%m%d-%H%M%S"))
     args = parser.parse_args()
-    config = grid.BenchConfig(data="fashion-mnist", out=str(args.run_folder), limit=args.limit, epochs=args.epochs,
-                              fine_tune_epochs=args.fine_tune_epochs, budget_ms=args.budget_ms)
+    training = dataclasses.replace(BENCH_TRAINING, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs)
+    spec = BenchSpec(DataSpec("fashion-mnist", limit=args.limit), args.run_folder, training=training,
+                     cells=tuple(StrategyCell.parse(name, training) for name in DEFAULT_STRATEGIES),
+                     budget_ms=args.budget_ms)
     with Reporter() as reporter:
-        results = grid.run(config, reporter)
+        results = grid.run(spec, reporter)
     RECORDED.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copy2(args.run_folder / name, RECORDED / name)

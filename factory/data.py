@@ -28,7 +28,6 @@ FASHION_MNIST_CLASSES = [
     "t-shirt_top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle_boot",
 ]
-NAMED_SOURCES = ("fashion-mnist", "digits")
 
 
 @dataclass
@@ -63,7 +62,7 @@ def load(spec, input_size: int) -> Dataset:
     train/validation/test."""
     source, seed = spec.source, spec.seed
     if source in NAMED_SOURCES:
-        items, labels, class_names = _named_source(source)
+        items, labels, class_names = NAMED_SOURCES[source]()
     else:
         items, labels, class_names = _folder_source(Path(source))
     keep = _stratified_subset(labels, spec.limit, seed)
@@ -118,14 +117,12 @@ def _folder_source(root: Path):
     return items, np.asarray(labels), [d.name for d in class_dirs]
 
 
-def _named_source(name: str):
-    if name == "digits":
-        from sklearn.datasets import load_digits
+def _digits():
+    from sklearn.datasets import load_digits
 
-        digits = load_digits()
-        images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-        return list(images), digits.target.astype(np.int64), [str(d) for d in range(10)]
-    return _fashion_mnist()
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    return list(images), digits.target.astype(np.int64), [str(d) for d in range(10)]
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -149,6 +146,13 @@ def _fashion_mnist():
     images = np.concatenate([train_x, test_x])
     labels = np.concatenate([train_y, test_y]).astype(np.int64)
     return list(images), labels, list(FASHION_MNIST_CLASSES)
+
+
+# Named sources: name -> loader returning (items, labels, class names); an item is a path or an array.
+NAMED_SOURCES = {
+    "fashion-mnist": _fashion_mnist,
+    "digits": _digits,
+}
 
 
 def _to_rgb_array(item, size: int) -> np.ndarray:

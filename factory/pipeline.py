@@ -226,6 +226,7 @@ def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir:
            reporter: Reporter = Silent()) -> list[ArtifactReport]:
     """Every planned artifact: converted, gated on agreement with Keras, then timed."""
     context = conversion_context(name, trained, prepared, spec)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     reports = []
     for target, mode in spec.plan():
         report = convert(trained, prepared, target, mode, Path(out_dir), context, spec, reporter)

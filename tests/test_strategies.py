@@ -71,6 +71,11 @@ def test_gradual_unfreezing_adds_one_block_per_stage(fashion_small):
     assert names[:2] == ["head", "gradual: top 1 blocks"] and names[2:] in ([], ["gradual: top 2 blocks"])
     assert accuracy(model, fashion_small.test) > 0.6
     assert not any(changed(before, l) for l in model.backbone_layers() if is_batch_norm(l))
+    groups = classifier.layer_groups(model)
+    weighted = [[l for l in layers if l.weights and not is_batch_norm(l)] for _, layers in groups]
+    assert all(changed(before, l) for l in weighted[-1])  # stage 1 trained the top block (kept: it improved)
+    assert not any(changed(before, l) for layers in weighted[:-2] for l in layers)  # never unfrozen
+    assert changed(before, model.model.get_layer("factory_head_classifier"))
 
 
 def test_class_weights_only_for_imbalanced_labels():
