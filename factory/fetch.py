@@ -36,6 +36,12 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
+class _TooLarge(FactoryError):
+    def __init__(self, url: str, detail: str):
+        super().__init__(f"{url}: {detail}; refusing it")
+        self.detail = detail
+
+
 class _Client:
     def __init__(self, base_url: str, timeout: float, deadline: float):
         scheme = urllib.parse.urlsplit(base_url).scheme
@@ -52,13 +58,12 @@ class _Client:
             with _OPENER.open(url, timeout=self._timeout()) as response:
                 announced = response.headers.get("Content-Length")
                 if announced and announced.isdigit() and int(announced) > limit:
-                    raise FactoryError(f"{url}: the server announces {int(announced)} bytes, more than the "
-                                       f"{limit} expected; refusing it")
+                    raise _TooLarge(url, f"the server announces {int(announced)} bytes, more than the {limit} expected")
                 total = 0
                 while chunk := response.read(min(_CHUNK, limit + 1 - total)):
                     total += len(chunk)
                     if total > limit:
-                        raise FactoryError(f"{url}: the server sent more than the {limit} bytes expected; refusing it")
+                        raise _TooLarge(url, f"the server sent more than the {limit} bytes expected")
                     sink(chunk)
                     self._timeout()
                 return total
@@ -166,7 +171,11 @@ def _download(client: _Client, url: str, staging: Path, relative: str, entry: di
             digest.update(chunk)
             f.write(chunk)
 
-        size = client.stream(url, entry["bytes"], sink)
+        try:
+            size = client.stream(url, entry["bytes"], sink)
+        except _TooLarge as exc:
+            raise FactoryError(f"{relative} from {url} fails its checksum ({exc.detail} by its manifest): the served "
+                               "copy is corrupt or tampered; nothing was written") from None
     if size != entry["bytes"]:
         raise FactoryError(f"{relative} from {url}: {size} bytes, the manifest says {entry['bytes']}; "
                            "the served copy is truncated; nothing was written")

@@ -62,7 +62,7 @@ SERVER_SETTINGS = {
     "channel_timeout": 30,
     "cleanup_interval": 5,
     "max_request_header_size": 16_384,
-    "max_request_body_size": 0,
+    "max_request_body_size": 65_536,  # GET and HEAD only: anything else is answered 405
     "ident": "edgefactory",
 }
 

@@ -188,7 +188,7 @@ def check_release(store: Path, model: str, version: str, trusted: signing.Ed2551
     if trusted is not None:
         try:
             signing.check(data, signature, trusted, f"{model} {version}")
-            result.signature = f"verified ({signing.key_id(trusted)})"
+            result.signature = f"verified by key {signing.key_id(trusted)}"
         except FactoryError as exc:
             result.problems.append(str(exc))
     return result

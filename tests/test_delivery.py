@@ -73,20 +73,13 @@ BLOCKING_PUBLISH = """
 import os, sys, threading
 from factory import store
 point = sys.argv[3]
-if point == "copy":
-    copy = store._copy_verified
-    def blocking_copy(*args):
-        copy(*args)
-        print("copied", flush=True)
-        threading.Event().wait()
-    store._copy_verified = blocking_copy
-else:
-    rename = os.rename
-    def blocking_rename(*args):
-        rename(*args)
-        print("renamed", flush=True)
-        threading.Event().wait()
-    os.rename = blocking_rename
+owner, name = (store, "_copy_verified") if point == "copy" else (os, "rename")
+original = getattr(owner, name)
+def blocking(*args):
+    original(*args)
+    print(point, flush=True)
+    threading.Event().wait()
+setattr(owner, name, blocking)
 store.publish(sys.argv[1], sys.argv[2], "digits")
 """
 
@@ -95,7 +88,7 @@ def kill_publish_at(point, build_dir, root):
     process = subprocess.Popen([sys.executable, "-c", BLOCKING_PUBLISH, str(build_dir), str(root), point],
                                stdout=subprocess.PIPE)
     try:
-        assert process.stdout.readline().strip() == {"copy": b"copied", "rename": b"renamed"}[point]
+        assert process.stdout.readline().strip() == point.encode()
     finally:
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL

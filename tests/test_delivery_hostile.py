@@ -208,7 +208,7 @@ def test_fetch_cuts_an_endless_body_at_the_manifest_size(tmp_path):
         result = cli("fetch", url, "--model", "m", "--version", "1", "--out", tmp_path / "app")
         elapsed = time.monotonic() - started
         time.sleep(0.5)  # let the handler notice the closed connection
-    one_error(result, "model.tflite", "more than the 1000 bytes expected")
+    one_error(result, "model.tflite", "fails its checksum", "more than the 1000 bytes expected")
     assert elapsed < 10 and server.sent["/models/m/1/model.tflite"] < 32 << 20  # cut off, not read to the end
     assert tree(tmp_path) == before
 
@@ -227,6 +227,15 @@ def test_fetch_refuses_oversized_answers(tmp_path, route, limit_text):
         result = cli("fetch", url, "--model", "m", *version, "--out", tmp_path / "app")
     one_error(result, limit_text)
     assert not (tmp_path / "app").exists() and not list(tmp_path.glob(".app*"))
+
+
+def test_fetch_refuses_a_short_file(tmp_path):
+    files = {"model.tflite": b"x" * 1000, "labels.txt": b"a\n"}
+    routes = {**release_routes(files), "/models/m/1/model.tflite": static(b"x" * 10)}
+    with hostile(routes) as (_, url):
+        result = cli("fetch", url, "--model", "m", "--version", "1", "--out", tmp_path / "app")
+    one_error(result, "model.tflite", "10 bytes, the manifest says 1000", "truncated")
+    assert tree(tmp_path) == set()
 
 
 def test_fetch_times_out_on_a_silent_server(tmp_path):

@@ -48,12 +48,17 @@ def list_models(store: Path = typer.Argument(..., help="Store folder."), debug: 
     console.print(table)
     for row in rows:
         if row["damaged"]:
-            console.print(f"[red]damaged[/] {row['model']} {row['version']}: {row['damaged']}", highlight=False,
-                          soft_wrap=True)
+            _damaged(f"{row['model']} {row['version']}", [row["damaged"]])
     for model in sorted({row["model"] for row in rows}):
         problem = store_lib.latest_problem(store, model)
         if problem:
             _warn(problem)
+
+
+def _damaged(name: str, reasons: list[str]) -> None:
+    """One line: `damaged NAME: reason; reason` (reasons that start with the name lose it)."""
+    text = "; ".join(r.removeprefix(f"{name}: ") for r in reasons)
+    console.print(f"[red]damaged[/] {name}: {text}", highlight=False, soft_wrap=True)
 
 
 def _accuracy(value: float | None) -> str:
@@ -96,7 +101,7 @@ def store_check(
     for result in results:
         name = f"{result.model} {result.version}"
         if result.problems:
-            console.print(f"[red]damaged[/] {name}: {'; '.join(result.problems)}", highlight=False, soft_wrap=True)
+            _damaged(name, result.problems)
         else:
             console.print(f"ok      {name} (signature {result.signature})", highlight=False)
     broken_latest = 0
