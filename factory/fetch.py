@@ -135,7 +135,7 @@ def fetch(base_url: str, model: str, out: Path, *, version: str | None = None, t
         if signature is not None:
             (staging / store_lib.SIGNATURE_NAME).write_bytes(signature)
     if trusted is not None:
-        state = f"verified (key {signing.key_id(trusted)})"
+        state = f"verified by key {signing.key_id(trusted)}"
     else:
         state = "not checked" if signature is not None else "unsigned"
     return {**artifact, "model": model, "version": version, "signature": state}

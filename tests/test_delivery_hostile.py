@@ -295,7 +295,7 @@ def test_signed_release_is_verified_and_tampering_is_refused(tmp_path, build, ke
         url = f"http://127.0.0.1:{port}"
         ok = cli("fetch", url, "--model", "m", "--version", "1", "--out", tmp_path / "app", "--trust-key", public)
         key_id = signing.key_id(signing.load_public_key(public))
-        assert ok.exit_code == 0 and f"signature verified (key {key_id})" in ok.output
+        assert ok.exit_code == 0 and f"signature verified by key {key_id}" in ok.output
         assert (tmp_path / "app" / "manifest.json.sig").read_bytes() == signature
         unchecked = cli("fetch", url, "--model", "m", "--version", "1", "--out", tmp_path / "app2")
         assert unchecked.exit_code == 0 and "signature was not checked (pass --trust-key" in unchecked.output
