@@ -110,7 +110,8 @@ class TrainingSpec:
 @dataclass(frozen=True)
 class ExportSpec:
     targets: tuple[str, ...] = ("tflite",)
-    quantize: tuple[str, ...] = ()  # empty: each target's default mode
+    quantize: tuple[str, ...] = ()  # empty: each target's modes in `mode_set`
+    mode_set: str = "default"  # without --quantize: "default" (each target's first mode) or "bench" (its bench set)
     min_agreement: float | None = None  # None: each mode's own threshold (see `factory modes`)
     calibration_size: int = 200  # training examples that calibrate full-integer modes
     int8_io: str = "uint8"  # TFLite: input/output type of full-integer models
@@ -122,6 +123,7 @@ class ExportSpec:
         object.__setattr__(self, "targets", tuple(dict.fromkeys(self.targets)))
         object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))
         _check(bool(self.targets), "no --target given: choose one of " + ", ".join(registry.names()))
+        _check(self.mode_set in ("default", "bench"), f"mode set {self.mode_set!r}: choose default or bench")
         self.plan()  # unknown targets and modes no chosen target offers fail here
         _check(self.min_agreement is None or 0 <= self.min_agreement <= 1, "--min-agreement must be in [0, 1]")
         _positive(self.calibration_size, "--calibration-size")
@@ -129,12 +131,12 @@ class ExportSpec:
         _positive(self.qat_epochs, "--qat-epochs")
         _check(self.latency_runs >= 0, "--latency-runs must be 0 or more")
 
-    def plan(self, default: str = "default") -> list[tuple]:
+    def plan(self) -> list[tuple]:
         """(target, mode) pairs: each requested mode on every chosen target that offers it; without
-        --quantize, each target's `default` modes ("default": its first mode, "bench": its bench set)."""
+        --quantize, each target's modes in `mode_set`."""
         chosen = [registry.get(name, int8_io=self.int8_io) for name in self.targets]
         if not self.quantize:
-            return [(t, m) for t in chosen for m in (t.modes[:1] if default == "default" else t.bench_modes())]
+            return [(t, m) for t in chosen for m in (t.modes[:1] if self.mode_set == "default" else t.bench_modes())]
         for name in self.quantize:
             if not any(t.mode(name) for t in chosen):
                 offered = "; ".join(f"{t.name}: {', '.join(m.name for m in t.modes)}" for t in chosen)

@@ -17,7 +17,7 @@ DEFAULT_STRATEGIES = ("feature-extraction", "fine-tune:2", "fine-tune:all")
 BENCH_INPUT_SIZE = 96  # keeps the grid quick; pass the size you deploy
 BENCH_LIMIT = 3000
 BENCH_TRAINING = TrainingSpec(epochs=15, fine_tune_epochs=3)
-BENCH_EXPORT = ExportSpec(targets=("tflite", "tfjs"), qat_epochs=1, latency_runs=50)
+BENCH_EXPORT = ExportSpec(targets=("tflite", "tfjs"), mode_set="bench", qat_epochs=1, latency_runs=50)
 
 
 @dataclass(frozen=True)

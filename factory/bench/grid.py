@@ -28,7 +28,7 @@ def check_run_folder(out: Path) -> None:
 
 
 def run(spec: BenchSpec, reporter) -> dict:
-    artifact_plan = spec.export.plan(default="bench")
+    artifact_plan = spec.export.plan()
     out = Path(spec.out)
     check_run_folder(out)
     prepared = pipeline.prepare(spec.data, spec.backbone, reporter)
