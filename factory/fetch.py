@@ -18,7 +18,7 @@ import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
-from factory import output, signing, store as store_lib
+from factory import signing, staging, store as store_lib
 from factory.release_manifest import Damaged, parse as parse_manifest
 from targets.errors import FactoryError
 
@@ -112,7 +112,7 @@ def fetch(base_url: str, model: str, out: Path, *, version: str | None = None, t
     if version is not None:
         store_lib.check_name("--version", version)
     trusted = signing.load_public_key(trust_key) if trust_key is not None else None
-    output.check_destination(out)
+    staging.check_destination(out)
     client = _Client(base_url, timeout, deadline)
     if version is None:
         version = _latest_version(client, model)
@@ -127,13 +127,13 @@ def fetch(base_url: str, model: str, out: Path, *, version: str | None = None, t
     if "labels.txt" not in manifest["files"]:
         raise Damaged(f"{where}: the manifest lists no labels.txt; refusing it")
     wanted = list(dict.fromkeys([*artifact["files"], "labels.txt"]))
-    with output.staged(out) as staging:
+    with staging.staged(out) as folder:
         for relative in wanted:
-            _download(client, client.url("models", model, version, relative), staging, relative,
+            _download(client, client.url("models", model, version, relative), folder, relative,
                       manifest["files"][relative])
-        (staging / store_lib.MANIFEST_NAME).write_bytes(manifest_bytes)
+        (folder / store_lib.MANIFEST_NAME).write_bytes(manifest_bytes)
         if signature is not None:
-            (staging / store_lib.SIGNATURE_NAME).write_bytes(signature)
+            (folder / store_lib.SIGNATURE_NAME).write_bytes(signature)
     if trusted is not None:
         state = f"verified by key {signing.key_id(trusted)}"
     else:
@@ -160,9 +160,9 @@ def _choose(manifest: dict, model: str, version: str, target: str, quantize: str
     return candidates[0]
 
 
-def _download(client: _Client, url: str, staging: Path, relative: str, entry: dict) -> None:
-    destination = staging.joinpath(*relative.split("/"))
-    if staging.resolve() not in destination.resolve().parents:  # parse_manifest already refused this
+def _download(client: _Client, url: str, folder: Path, relative: str, entry: dict) -> None:
+    destination = folder.joinpath(*relative.split("/"))
+    if folder.resolve() not in destination.resolve().parents:  # parse_manifest already refused this
         raise Damaged(f"{url}: {relative!r} would be written outside --out; refusing it")
     destination.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, store, strategies
-from factory import output as staging
+from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, staging, store, strategies
 from factory.cache import FeatureCache
 from factory.progress import Reporter, Silent
 from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,

@@ -30,6 +30,7 @@ from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
 from factory import store as store_lib
+from targets import registry
 from targets.errors import FactoryError
 
 CONTENT_TYPES = {
@@ -45,14 +46,7 @@ CONTENT_TYPES = {
 CHECKSUM_HEADER = "X-Checksum-SHA256"
 MAX_PATH = 1024  # characters of the request path
 DEMO_PAGE = Path(__file__).parent / "demo" / "index.html"
-_JS = Path(__file__).resolve().parent.parent / "targets" / "js" / "node_modules" / "@tensorflow"
-STATIC_FILES = {  # the TF.js bundle the demo loads: from npm, never a CDN
-    "tf.min.js": _JS / "tfjs" / "dist" / "tf.min.js",
-    "tf-backend-wasm.min.js": _JS / "tfjs-backend-wasm" / "dist" / "tf-backend-wasm.min.js",
-    "tfjs-backend-wasm.wasm": _JS / "tfjs-backend-wasm" / "dist" / "tfjs-backend-wasm.wasm",
-    "tfjs-backend-wasm-simd.wasm": _JS / "tfjs-backend-wasm" / "dist" / "tfjs-backend-wasm-simd.wasm",
-    "tfjs-backend-wasm-threaded-simd.wasm": _JS / "tfjs-backend-wasm" / "dist" / "tfjs-backend-wasm-threaded-simd.wasm",
-}
+STATIC_FILES = registry.get("tfjs").browser_files  # the TF.js bundle the demo loads: from npm, never a CDN
 # waitress: requests are read asynchronously (a slow client holds no thread), a fixed pool of
 # threads runs the app, connections idle past channel_timeout are closed, at most
 # connection_limit are open at once, and request headers are bounded.

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory import manifest as manifest_lib, output, signing
+from factory import manifest as manifest_lib, signing, staging
 from factory.release_manifest import Damaged, parse as parse_manifest
 from targets.errors import FactoryError
 
@@ -226,31 +226,31 @@ def publish(build_dir: Path, store: Path, model: str, version: str | None = None
     release = model_dir / version
     if release.exists() or release.is_symlink():
         raise FactoryError(f"{model} version {version} is already published; versions are never overwritten")
-    staging = output.work_dir(model_dir, version, "incoming")
+    incoming = staging.work_dir(model_dir, version, "incoming")
     try:
         for relative, entry in manifest["files"].items():
-            _copy_verified(build_dir, staging, relative, entry)
-        _write_file(staging / MANIFEST_NAME, manifest_bytes)
+            _copy_verified(build_dir, incoming, relative, entry)
+        _write_file(incoming / MANIFEST_NAME, manifest_bytes)
         if key is not None:
-            _write_file(staging / SIGNATURE_NAME, signing.sign(manifest_bytes, key))
-        staging.chmod(0o755)
-        _fsync_dir(staging)
+            _write_file(incoming / SIGNATURE_NAME, signing.sign(manifest_bytes, key))
+        incoming.chmod(0o755)
+        _fsync_dir(incoming)
         try:
-            os.rename(staging, release)  # atomic; fails if another publisher took the version
+            os.rename(incoming, release)  # atomic; fails if another publisher took the version
         except OSError as exc:
             raise FactoryError(f"{model} version {version} is already published; versions are never overwritten") from exc
         _fsync_dir(model_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(incoming, ignore_errors=True)
     _write_atomically(model_dir / LATEST, version + "\n")
     return release
 
 
-def _copy_verified(build_dir: Path, staging: Path, relative: str, entry: dict) -> None:
+def _copy_verified(build_dir: Path, incoming: Path, relative: str, entry: dict) -> None:
     source = build_dir / relative
     if any((build_dir / Path(*Path(relative).parts[:i + 1])).is_symlink() for i in range(len(Path(relative).parts))):
         raise FactoryError(f"build {build_dir}: {relative} is a symlink; refusing to publish it")
-    destination = staging / relative
+    destination = incoming / relative
     destination.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     try:
@@ -286,7 +286,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = output.work_file(path.parent, path.name, "incoming")
+    fd, tmp = staging.work_file(path.parent, path.name, "incoming")
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
@@ -332,22 +332,22 @@ def _number(section, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def gc(store: Path) -> tuple[list[output.Leftover], list[output.Leftover]]:
+def gc(store: Path) -> tuple[list[staging.Leftover], list[staging.Leftover]]:
     """Remove the store's leftovers of killed publishes; returns (removed, kept because possibly in use)."""
     store = Path(store)
     if not is_plain_dir(store):
         raise FactoryError(f"store {store} does not exist or is not a folder")
     found = [item for name in sorted(_listing(store)) if NAME_PATTERN.match(name) and is_plain_dir(store / name)
-             for item in output.leftovers(store / name)]
+             for item in staging.leftovers(store / name)]
     return clean(found)
 
 
-def clean(found: list[output.Leftover]) -> tuple[list[output.Leftover], list[output.Leftover]]:
+def clean(found: list[staging.Leftover]) -> tuple[list[staging.Leftover], list[staging.Leftover]]:
     removed, kept = [], []
     for item in found:
         if item.alive:
             kept.append(item)
             continue
-        output.remove(item)
+        staging.remove(item)
         removed.append(item)
     return removed, kept

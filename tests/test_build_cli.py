@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from factory import manifest as manifest_lib, output
+from factory import manifest as manifest_lib, staging
 from factory.cli import app
 from targets.errors import FactoryError
 from targets.tflite import run_interpreter
@@ -181,17 +181,17 @@ def test_failed_build_leaves_previous_output_untouched(tmp_path):
     out.mkdir()
     (out / "manifest.json").write_text("{}")
     with pytest.raises(RuntimeError):
-        with output.staged(out) as staging:
-            (staging / "model.tflite").write_bytes(b"half")
+        with staging.staged(out) as folder:
+            (folder / "model.tflite").write_bytes(b"half")
             raise RuntimeError("killed mid-conversion")
     assert [p.name for p in out.iterdir()] == ["manifest.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
-    with output.staged(out) as staging:
-        (staging / "manifest.json").write_text(json.dumps({"new": True}))
+    with staging.staged(out) as folder:
+        (folder / "manifest.json").write_text(json.dumps({"new": True}))
     assert json.loads((out / "manifest.json").read_text()) == {"new": True}
 
 
 def test_out_folder_with_foreign_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FactoryError, match="not empty and holds no manifest.json"):
-        output.check_destination(tmp_path)
+        staging.check_destination(tmp_path)

@@ -128,14 +128,14 @@ def store_gc(
     debug: Debug = False,
 ):
     """Remove leftovers of killed publishes (and builds, with --builds) that no live process owns."""
-    from factory import output, store as store_lib
+    from factory import staging, store as store_lib
     from targets.errors import FactoryError
 
     removed, kept = store_lib.gc(store)
     for folder in builds:
         if not store_lib.is_plain_dir(folder):
             raise FactoryError(f"--builds {folder} is not a folder")
-        more_removed, more_kept = store_lib.clean(output.leftovers(folder, checkpoints=True))
+        more_removed, more_kept = store_lib.clean(staging.leftovers(folder, checkpoints=True))
         removed, kept = removed + more_removed, kept + more_kept
     for item in removed:
         console.print(f"removed {item.path} ({item.kind}; {item.why})", highlight=False, soft_wrap=True)

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from factory import staging
 from factory.strategies.training import Phase
 from targets.errors import FactoryError
 
@@ -66,6 +67,7 @@ class TrainingSession:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        staging.record_owner(self.folder)  # `factory store gc --builds` leaves it alone while this process lives
         self.model.save_weights(str(self.folder / "weights" / "after_phase"))
         state = {"recipe": self.fingerprint, "phases": [p.as_dict() for p in self.done]}
         tmp = self.folder / (STATE + ".tmp")
