@@ -1,35 +1,33 @@
 """Feature extraction vs fine-tuning on real data, and whether the advisor picks the winner.
 
 For each dataset: the advisor's probe and recommendation, then a feature-extraction build and
-a fine-tuning build (top blocks, as recommended or --unfreeze-blocks), both through the same
-`factory build` pipeline. Prints a table and records benchmarks/results/strategies.json.
+a fine-tuning build (top blocks, as recommended or --unfreeze-blocks), both through the
+pipeline's prepare and train stages (no export). Prints a table and records benchmarks/results/strategies.json.
 
     python benchmarks/strategies.py [--fashion-limit 10000] [--digits-size 64]
 """
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory import pipeline  # noqa: E402
 from factory.progress import Reporter  # noqa: E402
-from factory.specs import BackboneSpec, BuildSpec, DataSpec, ExportSpec, TrainingSpec  # noqa: E402
+from factory.specs import BackboneSpec, DataSpec, TrainingSpec  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "strategies.json"
 
 
 def run_build(reporter, data: DataSpec, backbone: BackboneSpec, training: TrainingSpec) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        spec = BuildSpec(data, Path(folder) / "out", backbone, training, ExportSpec(latency_runs=0))
-        manifest = pipeline.build(spec, reporter).manifest
+    """What a build's prepare and train stages give (no export): test accuracy, wall time, phases."""
+    start = time.perf_counter()
+    trained = pipeline.train(pipeline.prepare(data, backbone), training, reporter=reporter)
     return {
-        "test_accuracy": manifest["metrics"]["keras_test_accuracy"],
+        "test_accuracy": trained.test_accuracy,
         "seconds": round(time.perf_counter() - start, 1),
-        "phases": [(p["name"], p["epochs_run"], round(p["best_val_accuracy"], 4)) for p in manifest["strategy"]["phases"]],
+        "phases": [(p.name, p.epochs_run, round(p.best_val_accuracy, 4)) for p in trained.phases],
     }
 
 
@@ -37,10 +35,10 @@ def compare(name: str, source: str, size: int, limit, blocks: int, epochs: int, 
     data, backbone = DataSpec(source, limit=limit), BackboneSpec(input_size=size)
     prepared = pipeline.prepare(data, backbone)
     dataset = prepared.data
-    advice = pipeline.advise(prepared)
-    fe = run_build(reporter, data, backbone, TrainingSpec(strategy="feature-extraction", epochs=30))
+    advice = pipeline.advise(prepared, seed=data.seed)
+    fe = run_build(reporter, data, backbone, TrainingSpec(strategy="feature-extraction"))
     ft = run_build(reporter, data, backbone, TrainingSpec(
-        strategy="fine-tune", unfreeze_blocks=advice.unfreeze_blocks or blocks, fine_tune_epochs=epochs, epochs=30))
+        strategy="fine-tune", unfreeze_blocks=advice.unfreeze_blocks or blocks, fine_tune_epochs=epochs))
     winner = "fine-tune" if ft["test_accuracy"] > fe["test_accuracy"] else "feature-extraction"
     return {
         "dataset": name, "input_size": size, "splits": dataset.sizes(),

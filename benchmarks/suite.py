@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory.bench import grid  # noqa: E402
-from factory.bench.config import (BENCH_LIMIT, BENCH_TRAINING, DEFAULT_STRATEGIES, BenchSpec,  # noqa: E402
-                                  StrategyCell)
+from factory.bench.config import BENCH_LIMIT, BENCH_TRAINING, BenchSpec  # noqa: E402
 from factory.specs import DataSpec  # noqa: E402
 from factory.bench.report import PLOTS, summary_lines  # noqa: E402
 from factory.progress import Reporter  # noqa: E402
@@ -37,7 +36,6 @@ def main():
     args = parser.parse_args()
     training = dataclasses.replace(BENCH_TRAINING, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs)
     spec = BenchSpec(DataSpec("fashion-mnist", limit=args.limit), args.run_folder, training=training,
-                     cells=tuple(StrategyCell.parse(name, training) for name in DEFAULT_STRATEGIES),
                      budget_ms=args.budget_ms)
     with Reporter() as reporter:
         results = grid.run(spec, reporter)

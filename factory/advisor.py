@@ -34,7 +34,7 @@ class Advice:
         return dict(self.__dict__)
 
 
-def probe(classifier: Classifier, data: Dataset, *, seed: int = 0, features: FeatureCache | None = None) -> dict:
+def probe(classifier: Classifier, data: Dataset, *, seed: int, features: FeatureCache | None = None) -> dict:
     """The evidence: a learning curve of a linear probe on (cached) frozen features."""
     extract = features.features if features else classifier.features
     train_x, val_x = extract(data.train.images), extract(data.val.images)

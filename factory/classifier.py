@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory.backbones import Backbone
+from factory.specs import TrainingSpec
 from targets.tf_setup import keras
 
 INPUT_NAME = "image"
@@ -37,7 +38,7 @@ class Classifier:
         return self.feature_model.predict(images, batch_size=batch_size, verbose=0)
 
 
-def build(backbone: Backbone, num_classes: int, dropout: float = 0.2) -> Classifier:
+def build(backbone: Backbone, num_classes: int, dropout: float = TrainingSpec.dropout) -> Classifier:
     size = backbone.input_size
     inputs = keras.Input((size, size, 3), name=INPUT_NAME)
     normalized = keras.layers.Rescaling(backbone.scale, backbone.offset, name="normalize")(inputs)

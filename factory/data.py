@@ -7,9 +7,10 @@ up as uint8 RGB arrays at the backbone's input size; normalization happens insid
 Unreadable images are skipped and reported (`strict=True` fails on the first one instead);
 an empty folder, a class without images or a single class is an error.
 
-What the rest of the factory reads of a Dataset is its `class_names`, `sizes()` and, per
-split, `labels`, `len()` and `batches(n)`; the training loop and the parity check still take
-the in-memory `images` array, which a streaming source will replace with its batches.
+A Dataset is what the prepare stage hands on: `class_names`, `sizes()` and three splits, each
+with `labels`, `len()`, `batches(n)` and, today, the decoded `images` array. Evaluation reads
+`batches`; the training loops, the feature cache, calibration, QAT, the advisor, the gradient
+report and the parity check still read `images`, which a streaming source will replace.
 """
 from __future__ import annotations
 

@@ -63,11 +63,11 @@ class TrainedModel:
     normalization: dict  # the backbone's, baked into the model's first layer
     test_probs: np.ndarray  # its probabilities on the test split
     test_labels: np.ndarray
-    spec: TrainingSpec | None = None  # None for a model trained outside the strategies
+    spec: TrainingSpec  # as trained (auto resolved to the advisor's choice)
     phases: list[Phase] = field(default_factory=list)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the strategy's phases (and the advisor's probe, for auto)
     advice: dict | None = None  # the advisor's verdict when the strategy was auto
-    classifier: classifier_lib.Classifier | None = None
+    classifier: classifier_lib.Classifier | None = None  # None for a model built outside the factory's graph
     variants: dict = field(default_factory=dict)  # models derived for export modes, by training step
 
     @property
@@ -88,14 +88,14 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     continues from it; the caller removes it once the result is safe.
     """
     keras.utils.set_random_seed(spec.seed)
-    start = time.perf_counter()
     data = prepared.data
+    classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
+    features = cache.feature_cache(classifier)
+    start = time.perf_counter()
     advice = None
     if spec.strategy == "auto":
-        advice = advise(prepared, spec.seed, cache, reporter)
+        advice = _advice(classifier, data, spec.seed, features, reporter)
         spec = dataclasses.replace(spec, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
-    classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
-    features = FeatureCache(classifier, cache.features_folder) if cache.enabled else None
     fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
     session = TrainingSession(classifier.model, checkpoint, fingerprint, resume)
     if session.resumed:
@@ -110,15 +110,17 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     )
 
 
-def advise(prepared: Prepared, seed: int = TrainingSpec.seed, cache: CacheSpec = CacheSpec(),
-           reporter: Reporter = Silent()):
+def advise(prepared: Prepared, seed: int, cache: CacheSpec = CacheSpec(), reporter: Reporter = Silent()):
     """The advisor's recommendation for this data (a linear probe on frozen features)."""
+    classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
+    return _advice(classifier, prepared.data, seed, cache.feature_cache(classifier), reporter)
+
+
+def _advice(classifier, data, seed: int, features: FeatureCache | None, reporter: Reporter):
     from factory import advisor
 
     task = reporter.start("advisor probe (linear head, learning curve)", total=1)
-    classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
-    features = FeatureCache(classifier, cache.features_folder) if cache.enabled else None
-    advice = advisor.recommend(advisor.probe(classifier, prepared.data, seed=seed, features=features))
+    advice = advisor.recommend(advisor.probe(classifier, data, seed=seed, features=features))
     reporter.finish(task)
     blocks = f", top {advice.unfreeze_blocks} blocks" if advice.unfreeze_blocks else ""
     reporter.note(f"advisor: {advice.strategy}{blocks} -- " + "; ".join(advice.reasons))
@@ -175,8 +177,10 @@ class ArtifactReport:
         }
 
 
-def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spec: ExportSpec) -> ConversionContext:
-    needs_calibration = any(mode.calibration for _, mode in spec.plan())
+def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spec: ExportSpec,
+                       plan: list[tuple]) -> ConversionContext:
+    """What the `plan`'s conversions need: labels, normalization, calibration images if a mode does."""
+    needs_calibration = any(mode.calibration for _, mode in plan)
     calibration = calibration_subset(prepared.data.train.images, spec.calibration_size, prepared.data_spec.seed)
     return ConversionContext(name=name, labels=prepared.data.class_names, normalization=trained.normalization,
                              calibration=calibration if needs_calibration else None)
@@ -191,22 +195,28 @@ def model_for(mode: Mode, trained: TrainedModel, prepared: Prepared, spec: Expor
     if mode.training not in trained.variants:
         from factory import quantization_aware
 
-        batch_size = trained.spec.batch_size if trained.spec else TrainingSpec.batch_size
         trained.variants[mode.training] = quantization_aware.train(
             trained.model, prepared.data.train, prepared.data.val, context.calibration,
-            epochs=spec.qat_epochs, learning_rate=spec.qat_learning_rate, batch_size=batch_size)
+            epochs=spec.qat_epochs, learning_rate=spec.qat_learning_rate, batch_size=trained.spec.batch_size)
     return trained.variants[mode.training]
 
 
 def convert(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode, out_dir: Path,
-            context: ConversionContext, spec: ExportSpec, reporter: Reporter = Silent()) -> ArtifactReport:
-    """Convert one artifact and compare it with the Keras model in its own runtime."""
-    task = reporter.start(f"{target.name} {mode.name}: convert, verify", total=2)
-    artifact = target.convert(model_for(mode, trained, prepared, spec, context), mode.name, out_dir, context)
-    reporter.advance(task)
+            context: ConversionContext, spec: ExportSpec) -> Artifact:
+    """Write one artifact; a training step its mode needs counts in its conversion time."""
+    start = time.perf_counter()
+    model = model_for(mode, trained, prepared, spec, context)
+    step_seconds = time.perf_counter() - start
+    artifact = target.convert(model, mode.name, Path(out_dir), context)
+    artifact.convert_seconds = round(artifact.convert_seconds + step_seconds, 2)
+    return artifact
+
+
+def verify(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode, artifact: Artifact,
+           spec: ExportSpec) -> ArtifactReport:
+    """Run the artifact in its own runtime on the whole test split and compare it with Keras."""
     test = prepared.data.test
     report = parity.compare(trained.test_probs, target.predict(artifact, test.images), test.labels)
-    reporter.finish(task)
     return ArtifactReport(artifact, mode, **report, min_agreement=spec.threshold(mode),
                           description=target.describe(artifact))
 
@@ -216,22 +226,23 @@ def gate(report: ArtifactReport) -> None:
     parity.gate(report.name, {"agreement": report.agreement}, report.min_agreement)
 
 
-def time_artifact(target: Target, report: ArtifactReport, runs: int, batch: int = 1) -> dict:
-    """p50/p90 latency at `batch`, measured in a fresh process of the artifact's runtime."""
-    return target.latency(report.artifact, runs=runs, batch=batch)
-
-
 def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir: Path, *, name: str = "model",
            reporter: Reporter = Silent()) -> list[ArtifactReport]:
-    """Every planned artifact: converted, gated on agreement with Keras, then timed."""
-    context = conversion_context(name, trained, prepared, spec)
+    """Every planned artifact: converted, verified, gated on agreement with Keras, then timed."""
+    plan = spec.plan()
+    context = conversion_context(name, trained, prepared, spec, plan)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     reports = []
-    for target, mode in spec.plan():
-        report = convert(trained, prepared, target, mode, Path(out_dir), context, spec, reporter)
+    for target, mode in plan:
+        task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=3)
+        artifact = convert(trained, prepared, target, mode, out_dir, context, spec)
+        reporter.advance(task)
+        report = verify(trained, prepared, target, mode, artifact, spec)
         gate(report)
+        reporter.advance(task)
         if spec.latency_runs:
-            report.latency = time_artifact(target, report, spec.latency_runs)
+            report.latency = target.latency(artifact, runs=spec.latency_runs)
+        reporter.finish(task)
         reports.append(report)
     return reports
 
@@ -267,20 +278,24 @@ def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult:
     if spec.publish:
         check_publish(spec.publish)
     staging.check_destination(out)
+    start = time.perf_counter()
     prepared = prepare(spec.data, spec.backbone, reporter)
     trained = train(prepared, spec.training, cache=spec.cache, reporter=reporter, checkpoint=spec.checkpoint_dir,
                     resume=spec.resume)
+    train_seconds = round(time.perf_counter() - start, 2)  # data, backbone and training: what a user waits for
     with staging.staged(out) as folder:
         reports = export(trained, prepared, spec.export, folder, name=out.resolve().name or "model", reporter=reporter)
         (folder / "labels.txt").write_text("\n".join(prepared.data.class_names) + "\n")
-        manifest.write(folder, manifest_body(dataclasses.replace(spec, training=trained.spec), prepared, trained,
-                                             [r.manifest_entry(folder) for r in reports]))
+        body = manifest_body(dataclasses.replace(spec, training=trained.spec), prepared, trained, train_seconds,
+                             [r.manifest_entry(folder) for r in reports])
+        manifest.write(folder, body)
     shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # the build is safe: its checkpoint is not needed
     release = publish(out, spec.publish) if spec.publish else None
     return BuildResult(out, manifest.read(out), prepared, trained, reports, release)
 
 
-def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, artifacts: list[dict]) -> dict:
+def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, train_seconds: float,
+                  artifacts: list[dict]) -> dict:
     backbone, data = prepared.backbone, prepared.data
     return {
         "backbone": {"name": backbone.name, "input_size": backbone.input_size,
@@ -291,11 +306,11 @@ def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, ar
         "seed": spec.training.seed,
         "data": {"source": spec.data.source, "classes": data.class_names, "splits": data.sizes(),
                  "skipped_images": len(data.skipped)},
-        "metrics": {"keras_test_accuracy": trained.test_accuracy, "train_seconds": trained.train_seconds},
+        "metrics": {"keras_test_accuracy": trained.test_accuracy, "train_seconds": train_seconds},
         "artifacts": artifacts,
     }
 
 
-__all__ = ["prepare", "train", "export", "publish", "build", "Prepared", "TrainedModel", "ArtifactReport",
+__all__ = ["prepare", "train", "advise", "convert", "verify", "gate", "export", "publish", "build", "Prepared", "TrainedModel", "ArtifactReport",
            "BuildResult", "DataSpec", "BackboneSpec", "TrainingSpec", "ExportSpec", "PublishSpec", "CacheSpec",
            "BuildSpec", "as_dict"]

@@ -110,7 +110,7 @@ def warm_up_ranges(quantized: keras.Model, images: np.ndarray, *, decay: float =
 
 
 def train(model: keras.Model, train_split, val_split, calibration: np.ndarray, *, epochs: int,
-          learning_rate: float, batch_size: int = 32) -> keras.Model:
+          learning_rate: float, batch_size: int) -> keras.Model:
     """A quantization-aware copy of `model`, trained `epochs` on `train_split` (images, labels)."""
     quantized = quantization_aware_model(model)
     warm_up_ranges(quantized, calibration)

@@ -9,6 +9,7 @@ TensorFlow is imported. The pipeline stages (factory.pipeline) take these specs:
     ExportSpec    targets, quantization modes, parity threshold, timing
     PublishSpec   the store a finished build is released into
     CacheSpec     where frozen-backbone features are cached
+    BuildSpec     all of the above, plus the output folder: what `factory build` does
 """
 from __future__ import annotations
 
@@ -110,9 +111,8 @@ class TrainingSpec:
 @dataclass(frozen=True)
 class ExportSpec:
     targets: tuple[str, ...] = ("tflite",)
-    quantize: tuple[str, ...] = ()  # empty: each target's modes in `mode_set`
-    mode_set: str = "default"  # without --quantize: "default" (each target's first mode) or "bench" (its bench set)
-    min_agreement: float | None = None  # None: each mode's own threshold (see `factory modes`)
+    quantize: tuple[str, ...] = ()  # empty: each target's first mode
+    min_agreement: float | None = None  # None: each mode's own threshold (its target's MODES table)
     calibration_size: int = 200  # training examples that calibrate full-integer modes
     int8_io: str = "uint8"  # TFLite: input/output type of full-integer models
     qat_epochs: int = 2  # quantization-aware training before a qat conversion
@@ -123,7 +123,6 @@ class ExportSpec:
         object.__setattr__(self, "targets", tuple(dict.fromkeys(self.targets)))
         object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))
         _check(bool(self.targets), "no --target given: choose one of " + ", ".join(registry.names()))
-        _check(self.mode_set in ("default", "bench"), f"mode set {self.mode_set!r}: choose default or bench")
         self.plan()  # unknown targets and modes no chosen target offers fail here
         _check(self.min_agreement is None or 0 <= self.min_agreement <= 1, "--min-agreement must be in [0, 1]")
         _positive(self.calibration_size, "--calibration-size")
@@ -131,12 +130,15 @@ class ExportSpec:
         _positive(self.qat_epochs, "--qat-epochs")
         _check(self.latency_runs >= 0, "--latency-runs must be 0 or more")
 
+    def chosen_targets(self) -> list:
+        return [registry.get(name, int8_io=self.int8_io) for name in self.targets]
+
     def plan(self) -> list[tuple]:
         """(target, mode) pairs: each requested mode on every chosen target that offers it; without
-        --quantize, each target's modes in `mode_set`."""
-        chosen = [registry.get(name, int8_io=self.int8_io) for name in self.targets]
+        --quantize, each target's first mode."""
+        chosen = self.chosen_targets()
         if not self.quantize:
-            return [(t, m) for t in chosen for m in (t.modes[:1] if self.mode_set == "default" else t.bench_modes())]
+            return [(t, t.modes[0]) for t in chosen]
         for name in self.quantize:
             if not any(t.mode(name) for t in chosen):
                 offered = "; ".join(f"{t.name}: {', '.join(m.name for m in t.modes)}" for t in chosen)
@@ -165,6 +167,12 @@ class CacheSpec:
         root = self.folder or Path(os.environ.get("EDGEFACTORY_CACHE", Path.home() / ".cache" / "edgefactory"))
         return Path(root) / "features"
 
+    def feature_cache(self, classifier):
+        """The on-disk cache of `classifier`'s frozen-backbone features; None when disabled."""
+        from factory.cache import FeatureCache
+
+        return FeatureCache(classifier, self.features_folder) if self.enabled else None
+
 
 @dataclass(frozen=True)
 class BuildSpec:
@@ -186,9 +194,25 @@ class BuildSpec:
         return out.parent / f".{out.name}.checkpoint"
 
     def hyperparameters(self) -> dict:
-        """Every setting of the build, flat, for the manifest."""
-        return {**as_dict(self.data), "backbone": self.backbone.name, "input_size": self.backbone.input_size,
-                "weights": self.backbone.weights, **as_dict(self.training), **as_dict(self.export)}
+        """Every setting of the build, flat, as the manifest records it (resolved values)."""
+        data, backbone, training, export, publish = self.data, self.backbone, self.training, self.export, self.publish
+        return {
+            "data": data.source, "out": str(self.out), "backbone": backbone.name, "weights": backbone.weights,
+            "input_size": backbone.input_size, "strategy": training.strategy, "unfreeze": training.unfreeze,
+            "unfreeze_blocks": training.unfreeze_blocks, "gradual": training.gradual, "augment": training.augments,
+            "class_weights": training.class_weights, "cache": self.cache.enabled,
+            "cache_dir": str(self.cache.folder) if self.cache.folder else None, "resume": self.resume,
+            "epochs": training.epochs, "fine_tune_epochs": training.fine_tune_epochs,
+            "learning_rate": training.learning_rate, "fine_tune_learning_rate": training.backbone_learning_rate,
+            "batch_size": training.batch_size, "dropout": training.dropout, "patience": training.patience,
+            "seed": training.seed, "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
+            "test_fraction": data.test_fraction, "strict_data": data.strict, "targets": list(export.targets),
+            "quantize": list(export.quantize), "min_agreement": export.min_agreement,
+            "calibration_size": export.calibration_size, "int8_io": export.int8_io, "qat_epochs": export.qat_epochs,
+            "qat_learning_rate": export.qat_learning_rate, "latency_runs": export.latency_runs,
+            "publish": str(publish.store) if publish else None, "model_name": publish.model_name if publish else None,
+            "version": publish.version if publish else None,
+        }
 
 
 def as_dict(spec) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from targets.errors import FactoryError
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -64,7 +66,7 @@ class Target:
         """Class probabilities for uint8 `images` [n, h, w, 3], computed by the artifact's runtime."""
         raise NotImplementedError
 
-    def latency(self, artifact: Artifact, *, runs: int = 30, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
+    def latency(self, artifact: Artifact, *, runs: int, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
         """Timing in a fresh process of the artifact's runtime: p50_ms, p90_ms and settings."""
         raise NotImplementedError
 
@@ -72,8 +74,6 @@ class Target:
         """Number types stored in the artifact (proof that a quantization happened)."""
         raise NotImplementedError
 
-    def _unknown_mode(self, mode: str):
-        from targets.errors import FactoryError
-
+    def _unknown_mode(self, mode: str) -> FactoryError:
         return FactoryError(f"unknown {self.name} --quantize {mode!r}: choose one of "
                             + ", ".join(m.name for m in self.modes))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def calibration_subset(images: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+def calibration_subset(images: np.ndarray, size: int, seed: int) -> np.ndarray:
     if len(images) <= size:
         return images
     return images[np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))]

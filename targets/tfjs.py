@@ -87,7 +87,7 @@ class TFJSTarget(Target):
     def predict(self, artifact: Artifact, images: np.ndarray) -> np.ndarray:
         return run_node(artifact.path.parent, images)
 
-    def latency(self, artifact: Artifact, *, runs: int = 30, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
+    def latency(self, artifact: Artifact, *, runs: int, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
         _require_node()
         size = json.loads(artifact.path.read_text())["userDefinedMetadata"]["edgefactory"]["input"]["size"]
         command = ["node", str(RUNNER), "latency", str(artifact.path.parent), str(size[0]), str(size[1]),

@@ -1,7 +1,7 @@
 """TFLite target: convert (float32, float16, dynamic-range, full int8, QAT int8), run in LiteRT.
 
 Every mode's weights, activations and input / output types are in MODES below; `qat` converts
-a model that quantization-aware training already prepared (factory.quantization_aware).
+a model that quantization-aware training (a training-side step) already prepared.
 """
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ MODES = (
     Mode("qat", 0.94, "int8 like int8, after quantization-aware training", calibration=True,
          training=QUANTIZATION_AWARE),
 )
-QUANTIZE_MODES = tuple(m.name for m in MODES)
-INTEGER_MODES = ("int8", "qat")
+_MODES = {m.name: m for m in MODES}
+
+
+def full_integer(mode: str) -> bool:
+    """Modes calibrated on training images are integer end to end (int8 weights and activations)."""
+    return _MODES[mode].calibration
 
 
 @dataclass
@@ -51,16 +55,17 @@ class TFLiteTarget(Target):
 
         if self.mode(mode) is None:
             raise self._unknown_mode(mode)
-        if mode == "qat" and not any(type(layer).__name__.startswith("Quantize") for layer in model.layers):
+        needs_qat = self.mode(mode).training == QUANTIZATION_AWARE
+        if needs_qat and not any(type(layer).__name__.startswith("Quantize") for layer in model.layers):
             raise FactoryError("--quantize qat converts a quantization-aware model: run quantization-aware "
-                               "training first (factory.quantization_aware.train)")
+                               "training on it first")
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         if mode == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
         elif mode == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif mode in INTEGER_MODES:
+        elif full_integer(mode):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             # QAT learned its ranges; the converter still asks for a representative set (used
             # only for tensors QAT did not cover), so both modes get the calibration images.
@@ -77,7 +82,7 @@ class TFLiteTarget(Target):
     def predict(self, artifact: Artifact, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return run_interpreter(artifact.path, images, batch_size)
 
-    def latency(self, artifact: Artifact, *, runs: int = 30, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
+    def latency(self, artifact: Artifact, *, runs: int, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
         script = Path(__file__).with_name("tflite_latency.py")
         command = [sys.executable, str(script), str(artifact.path), "--runs", str(runs), "--warmup", str(warmup),
                    "--batch", str(batch), "--threads", str(threads)]
@@ -113,7 +118,7 @@ def check_quantized(path: Path, quantize: str, int8_io: str = "uint8") -> dict:
         "dynamic": types["input"] == "float32" and "int8" in tensors,
         "int8": types["input"] == int8_io and types["output"] == int8_io and "int8" in tensors,
     }
-    if not expected["int8" if quantize in INTEGER_MODES else quantize]:
+    if not expected["int8" if full_integer(quantize) else quantize]:
         raise FactoryError(
             f"{path.name}: the {quantize} conversion did not quantize as asked (input {types['input']}, "
             f"tensor types {', '.join(sorted(tensors))}); report this model with --debug"

@@ -15,7 +15,7 @@ from ai_edge_litert.interpreter import Interpreter
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)

@@ -61,14 +61,14 @@ def test_specs_and_cli_start_without_tensorflow():
 def test_mode_tables_drive_defaults_and_help():
     from typer.testing import CliRunner
 
-    from factory.bench.config import BENCH_EXPORT
+    from factory.bench.config import BenchSpec
     from factory.cli import app
-    from factory.specs import ExportSpec
+    from factory.specs import DataSpec, ExportSpec
     from targets import registry
 
     tflite, tfjs = registry.get("tflite"), registry.get("tfjs")
     assert [m.name for _, m in ExportSpec(targets=("tflite", "tfjs")).plan()] == ["float32", "float32"]
-    bench = [(t.name, m.name) for t, m in BENCH_EXPORT.plan()]
+    bench = [(t.name, m.name) for t, m in BenchSpec(DataSpec("digits"), Path("run")).plan()]
     assert bench == [("tflite", m.name) for m in tflite.modes] + [("tfjs", "float32"), ("tfjs", "uint8")]
     assert ExportSpec().threshold(tflite.mode("int8")) == 0.94
     assert ExportSpec(min_agreement=0.5).threshold(tflite.mode("int8")) == 0.5

@@ -48,7 +48,7 @@ def digits_model():
     probs = model.predict(digits.test.images, verbose=0)
     assert np.mean(probs.argmax(1) == digits.test.labels) > 0.8
     context = ConversionContext(name="digits", labels=digits.class_names, normalization=NORMALIZATION,
-                                calibration=calibration_subset(digits.train.images, 100))
+                                calibration=calibration_subset(digits.train.images, 100, seed=0))
     return model, digits, probs, context
 
 
@@ -58,10 +58,10 @@ def model_for(mode, digits_model):
     if mode != "qat":
         return model
     return quantization_aware.train(model, digits.train, digits.val, context.calibration, epochs=2,
-                                    learning_rate=1e-4)
+                                    learning_rate=1e-4, batch_size=32)
 
 
-@pytest.mark.parametrize("mode", tflite.QUANTIZE_MODES)
+@pytest.mark.parametrize("mode", [m.name for m in tflite.MODES])
 def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
     model, digits, keras_probs, context = digits_model
     target = REGISTRY["tflite"]

@@ -59,12 +59,15 @@ def run(handle: str, spec, out_dir: str, reporter) -> dict:
         model.fit(train, validation_data=(data.val.images, data.val.labels), epochs=training.epochs, verbose=0,
                   callbacks=[ProgressCallback(reporter, "baseline fit", training.epochs, len(train))])
         train_seconds = time.perf_counter() - start
-    trained = pipeline.TrainedModel(model, UNIT_RANGE, pipeline.evaluate(model, data.test), data.test.labels)
+    trained = pipeline.TrainedModel(model, UNIT_RANGE, pipeline.evaluate(model, data.test), data.test.labels,
+                                    spec=training)
     tflite = registry.get("tflite")
+    float32 = tflite.mode("float32")
     folder = Path(out_dir) / NAME
     folder.mkdir(parents=True, exist_ok=True)
     context = ConversionContext(NAME, data.class_names, UNIT_RANGE)
-    report = pipeline.convert(trained, prepared, tflite, tflite.mode("float32"), folder, context, spec.export)
+    artifact = pipeline.convert(trained, prepared, tflite, float32, folder, context, spec.export)
+    report = pipeline.verify(trained, prepared, tflite, float32, artifact, spec.export)
     return {
         "strategy": NAME, "strategy_label": LABEL, "target": "tflite", "quantize": "float32", "status": "ok",
         "keras_accuracy": trained.test_accuracy, "train_seconds": round(train_seconds, 2),

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.specs import BackboneSpec, DataSpec, ExportSpec, TrainingSpec, as_dict
+from factory.specs import BackboneSpec, DataSpec, ExportSpec, TrainingSpec
 from targets.errors import FactoryError
 
 STRATEGY_HELP = "feature-extraction, fine-tune:K (top K blocks) or fine-tune:all"
@@ -17,7 +17,7 @@ DEFAULT_STRATEGIES = ("feature-extraction", "fine-tune:2", "fine-tune:all")
 BENCH_INPUT_SIZE = 96  # keeps the grid quick; pass the size you deploy
 BENCH_LIMIT = 3000
 BENCH_TRAINING = TrainingSpec(epochs=15, fine_tune_epochs=3)
-BENCH_EXPORT = ExportSpec(targets=("tflite", "tfjs"), mode_set="bench", qat_epochs=1, latency_runs=50)
+BENCH_EXPORT = ExportSpec(targets=("tflite", "tfjs"), qat_epochs=1, latency_runs=50)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ class BenchSpec:
     out: Path  # the run folder
     backbone: BackboneSpec = BackboneSpec(input_size=BENCH_INPUT_SIZE)
     training: TrainingSpec = BENCH_TRAINING  # what every cell shares (and the baseline's fit)
-    cells: tuple[StrategyCell, ...] = field(
-        default_factory=lambda: tuple(StrategyCell.parse(name) for name in DEFAULT_STRATEGIES))
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES  # the grid's rows, as on the command line
     export: ExportSpec = BENCH_EXPORT
     throughput_batch: int = 32
     throughput_runs: int = 5  # timing runs at throughput_batch; 0 skips
@@ -63,13 +62,23 @@ class BenchSpec:
     budget_ms: float | None = None
     budget_kb: float | None = None
 
+    cells: tuple[StrategyCell, ...] = field(init=False)  # the strategies, parsed over `training`
+
     def __post_init__(self):
-        if not self.cells:
+        cells = tuple(StrategyCell.parse(name, self.training) for name in dict.fromkeys(self.strategies))
+        object.__setattr__(self, "cells", cells)
+        if not cells:
             raise FactoryError(f"no strategies to run: pass --strategy ({STRATEGY_HELP})")
         if self.throughput_batch < 1 or self.throughput_runs < 0:
             raise FactoryError("--throughput-batch must be positive and --throughput-runs 0 or more")
         if self.export.latency_runs < 1:
             raise FactoryError("--latency-runs must be at least 1 for a benchmark")
+
+    def plan(self) -> list[tuple]:
+        """(target, mode) pairs: the requested modes, or else every target's bench modes."""
+        if self.export.quantize:
+            return self.export.plan()
+        return [(t, m) for t in self.export.chosen_targets() for m in t.bench_modes()]
 
     def timings(self, target, artifact) -> dict:
         """Batch-1 latency and larger-batch throughput, each in a fresh process of the runtime."""
@@ -81,13 +90,16 @@ class BenchSpec:
 
     def as_dict(self) -> dict:
         """The configuration as recorded in results.json (flat, as the report shows it)."""
+        training, export = self.training, self.export
         return {
-            "data": self.data.source, "out": str(self.out), **{k: v for k, v in as_dict(self.data).items()
-                                                               if k != "source"},
-            "backbone": self.backbone.name, "weights": self.backbone.weights, "input_size": self.backbone.input_size,
-            "strategies": [cell.name for cell in self.cells],
-            **{k: v for k, v in as_dict(self.training).items() if k not in ("strategy", "unfreeze", "unfreeze_blocks")},
-            **as_dict(self.export),
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("data", "out", "backbone", "training", "cells", "export")},
+            "data": self.data.source, "out": str(self.out), "backbone": self.backbone.name,
+            "weights": self.backbone.weights, "input_size": self.backbone.input_size, "limit": self.data.limit,
+            "seed": training.seed, "strategies": list(self.strategies), "targets": list(export.targets),
+            "quantize": list(export.quantize), "epochs": training.epochs, "fine_tune_epochs": training.fine_tune_epochs,
+            "learning_rate": training.learning_rate, "fine_tune_learning_rate": training.fine_tune_learning_rate,
+            "batch_size": training.batch_size, "patience": training.patience,
+            "calibration_size": export.calibration_size, "qat_epochs": export.qat_epochs,
+            "latency_runs": export.latency_runs, "throughput_batch": self.throughput_batch,
+            "throughput_runs": self.throughput_runs, "baseline": self.baseline, "advisor": self.advisor,
+            "keep_artifacts": self.keep_artifacts, "budget_ms": self.budget_ms, "budget_kb": self.budget_kb,
         }

@@ -28,7 +28,7 @@ def check_run_folder(out: Path) -> None:
 
 
 def run(spec: BenchSpec, reporter) -> dict:
-    artifact_plan = spec.export.plan()
+    artifact_plan = spec.plan()
     out = Path(spec.out)
     check_run_folder(out)
     prepared = pipeline.prepare(spec.data, spec.backbone, reporter)
@@ -92,7 +92,7 @@ def _run_strategy(cell: StrategyCell, spec: BenchSpec, cache: CacheSpec, artifac
             progress.done("advisor")
     artifact_dir = (Path(spec.out) / "artifacts" if spec.keep_artifacts else scratch / "artifacts") / cell.slug
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    context = pipeline.conversion_context(artifact_dir.name, result.trained, prepared, spec.export)
+    context = pipeline.conversion_context(artifact_dir.name, result.trained, prepared, spec.export, artifact_plan)
     for target, mode in artifact_plan:
         results["artifacts"].append(
             _measure_artifact(cell, result, target, mode, context, artifact_dir, prepared, spec, reporter))
@@ -134,16 +134,20 @@ def _warm_rebuild_seconds(prepared, cell: StrategyCell, cache: CacheSpec) -> flo
 def _measure_artifact(cell: StrategyCell, result: TrainedCell, target, mode, context, out_dir: Path, prepared,
                       spec: BenchSpec, reporter) -> dict:
     row = {"strategy": cell.name, "strategy_label": cell.label, "target": target.name, "quantize": mode.name}
+    task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=3)
     try:
-        measured = pipeline.convert(result.trained, prepared, target, mode, out_dir, context, spec.export, reporter)
-        entry = measured.manifest_entry(out_dir)
+        artifact = pipeline.convert(result.trained, prepared, target, mode, out_dir, context, spec.export)
+        reporter.advance(task)
+        entry = pipeline.verify(result.trained, prepared, target, mode, artifact, spec.export).manifest_entry(out_dir)
+        reporter.advance(task)
         keep = ("accuracy", "agreement", "max_abs_diff", "passes_gate", "min_agreement", "bytes", "convert_seconds",
                 "file")
-        row.update(status="ok", **{k: entry[k] for k in keep}, **spec.timings(target, measured.artifact))
+        row.update(status="ok", **{k: entry[k] for k in keep}, **spec.timings(target, artifact))
         row.update(_training_columns(result.row))
     except Exception as exc:
         row.update(status="failed", error=one_line(exc))
         reporter.note(f"[red]failed:[/] {cell.label} / {target.name} {mode.name}: {row['error']}")
+    reporter.finish(task)
     return row
 
 

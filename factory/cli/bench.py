@@ -10,9 +10,9 @@ from rich.table import Table
 
 from factory.backbones import DEFAULT_BACKBONE
 from factory.bench.config import (BENCH_EXPORT, BENCH_INPUT_SIZE, BENCH_LIMIT, BENCH_TRAINING, DEFAULT_STRATEGIES,
-                                  STRATEGY_HELP, BenchSpec, StrategyCell)
-from factory.cli.common import (BackboneOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet, SeedOption,
-                                WeightsOption, app, console, data_and_backbone, one_line_errors)
+                                  STRATEGY_HELP, BenchSpec)
+from factory.cli.common import (BackboneOption, DataOption, Debug, LimitOption, Quiet, SeedOption, WeightsOption, app,
+                                console, data_and_backbone, modes_help, one_line_errors)
 from factory.specs import DEFAULT_SEED
 from targets import registry
 from targets.errors import FactoryError
@@ -26,16 +26,16 @@ def bench(
     out: Optional[Path] = typer.Option(None, help="Run folder for results, plots and report (default: runs/bench-TIME)."),
     backbone: BackboneOption = DEFAULT_BACKBONE,
     weights: WeightsOption = None,
-    input_size: InputSizeOption = BENCH_INPUT_SIZE,
+    input_size: Optional[int] = typer.Option(BENCH_INPUT_SIZE, help="Square input size in pixels (small keeps "
+                                             "the grid quick; pass the size you deploy)."),
     limit: LimitOption = BENCH_LIMIT,
     strategy: List[str] = typer.Option(list(DEFAULT_STRATEGIES), help=f"Strategies to compare: {STRATEGY_HELP}. "
                                        "Repeat."),
     target: List[str] = typer.Option(list(BENCH_EXPORT.targets), help="Deployment targets: "
                                      f"{', '.join(registry.names())}. Repeat."),
     quantize: List[str] = typer.Option(
-        [], help="Quantizations, each on every target offering it (default: each target's bench modes: " + "; ".join(
-            f"{name} " + ", ".join(m.name for m in registry.get(name).bench_modes()) for name in registry.names())
-        + "). Repeat."),
+        [], help="Quantizations, each on every target offering it (default: each target's bench modes: "
+        f"{modes_help(bench=True)}). Repeat."),
     epochs: int = typer.Option(BENCH_TRAINING.epochs, help="Epochs for the head (and for the baseline recipe's fit)."),
     fine_tune_epochs: int = typer.Option(BENCH_TRAINING.fine_tune_epochs, help="Epochs for fine-tuning the "
                                          "unfrozen layers."),
@@ -70,7 +70,7 @@ def bench(
     spec = BenchSpec(
         data=data_spec, out=out or Path("runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S"),
         backbone=backbone_spec, training=training,
-        cells=tuple(StrategyCell.parse(name, training) for name in dict.fromkeys(strategy)),
+        strategies=tuple(strategy),
         export=dataclasses.replace(BENCH_EXPORT, targets=tuple(target), quantize=tuple(quantize),
                                    qat_epochs=qat_epochs, latency_runs=latency_runs),
         throughput_batch=throughput_batch, throughput_runs=throughput_runs, baseline=baseline, advisor=advisor,

@@ -9,16 +9,12 @@ from rich.table import Table
 
 from factory.backbones import DEFAULT_BACKBONE
 from factory.cli.common import (BackboneOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet, SeedOption,
-                                WeightsOption, app, console, data_and_backbone, one_line_errors, size_text)
-from factory.specs import DEFAULT_SEED, ExportSpec, TrainingSpec
+                                WeightsOption, app, console, data_and_backbone, modes_help, one_line_errors, size_text)
+from factory.specs import DEFAULT_SEED, BuildSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
 from targets import registry
 from targets.errors import FactoryError
 
 TRAINING, EXPORT = TrainingSpec(), ExportSpec()  # the defaults the options show
-
-
-def _modes_help() -> str:
-    return "; ".join(f"{name}: " + ", ".join(m.name for m in registry.get(name).modes) for name in registry.names())
 
 
 def _thresholds_help() -> str:
@@ -59,12 +55,12 @@ def build(
                                            "fine-tuning)."),
     class_weights: bool = typer.Option(TRAINING.class_weights, help="Balanced class weights when classes are "
                                        "imbalanced."),
-    cache: bool = typer.Option(True, help="Cache frozen-backbone features on disk ($EDGEFACTORY_CACHE)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted build from its last completed epoch."),
+    cache: bool = typer.Option(CacheSpec.enabled, help="Cache frozen-backbone features on disk ($EDGEFACTORY_CACHE)."),
+    resume: bool = typer.Option(BuildSpec.resume, help="Continue an interrupted build from its last completed epoch."),
     target: List[str] = typer.Option(list(EXPORT.targets), help="Deployment target: "
                                      f"{', '.join(registry.names())}; repeat for several."),
     quantize: List[str] = typer.Option(
-        [], help=f"{_modes_help()}. Repeat for several (each goes to every target that offers it). "
+        [], help=f"{modes_help()}. Repeat for several (each goes to every target that offers it). "
         "Default: each target's first."),
     min_agreement: Optional[float] = typer.Option(
         None, help="Fail unless each artifact's top-1 agrees with Keras on this share of the test split "
@@ -88,12 +84,13 @@ def build(
     patience: int = typer.Option(TRAINING.patience, help="Early stopping: epochs without validation-loss improvement."),
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,
-    strict_data: bool = typer.Option(False, help="Fail on the first unreadable image instead of skipping it."),
+    strict_data: bool = typer.Option(DataSpec.strict, help="Fail on the first unreadable image instead of skipping "
+                                     "it."),
     quiet: Quiet = False,
     debug: Debug = False,
 ):
     """Train a classifier on DATA by transfer learning and export verified artifacts to OUT."""
-    from factory.specs import BuildSpec, CacheSpec, PublishSpec
+    from factory.specs import PublishSpec
 
     data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed, strict=strict_data)
     spec = BuildSpec(

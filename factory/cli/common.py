@@ -34,6 +34,15 @@ def one_line_errors(command):
     return run
 
 
+def modes_help(bench: bool = False) -> str:
+    """Each target's quantization modes (its bench modes), from the targets' mode tables."""
+    from targets import registry
+
+    targets = [registry.get(name) for name in registry.names()]
+    return "; ".join(f"{t.name}: " + ", ".join(m.name for m in (t.bench_modes() if bench else t.modes))
+                     for t in targets)
+
+
 def size_text(num_bytes: int) -> str:
     return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.1f} kB"
 

@@ -73,7 +73,3 @@ class TrainingSession:
         tmp = self.folder / (STATE + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.folder / STATE)
-
-    def finish(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)

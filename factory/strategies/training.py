@@ -84,7 +84,7 @@ def fit(
     reporter,
     class_weight: dict | None = None,
     augment: bool = False,
-    seed: int = 0,
+    seed: int,
     backup_dir: Path | None = None,
 ) -> Phase:
     model.compile(
