@@ -50,6 +50,17 @@ class Tensor:
         return sys.modules["torch._utils"]._rebuild_tensor_v2, self.args
 
 
+class Overwritten(Tensor):
+    """A valid tensor followed by the pickle BUILD opcode with `state`: it would replace the checked fields."""
+
+    def __init__(self, state: dict, *args):
+        super().__init__(*args)
+        self.state = state
+
+    def __reduce__(self):
+        return sys.modules["torch._utils"]._rebuild_tensor_v2, self.args, self.state
+
+
 @contextlib.contextmanager
 def stand_in_torch():
     """A `torch` module with just the names a state-dict pickle refers to, for pickling only."""
@@ -244,6 +255,9 @@ def _one_float(shape, stride, offset=0, size=1, count=1, dtype="<f4") -> bytes:
     ("ranks differ", _one_float((1, 1), (1,)), "same length"),
     ("called storage class", b"".join(pickle.dumps(x, protocol=2) for x in (MAGIC, 1001, {}))
      + b"\x80\x02ctorch\nFloatStorage\nK\x01\x85R.", "malformed pickle: TypeError"),
+    ("BUILD overwrites a checked shape", write_pth({"w": Overwritten({"shape": (4096,), "stride": (1,), "count": 1},
+                                                                     Ref("FloatStorage", "0", 4), 0, (1,), (1,))},
+                                                  [("0", np.ones(4, "<f4"), 4)]), "change a tensor or storage"),
     ("code", b"".join(pickle.dumps(x, protocol=2) for x in (MAGIC, 1001, {}))
      + b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R.", "refusing to load os.system"),
 ])

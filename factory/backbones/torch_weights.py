@@ -51,14 +51,21 @@ def _index(value, what: str) -> int:
     return value
 
 
-class _Storage:
+class _Sealed:
+    """Refuses the pickle BUILD opcode, which would overwrite checked fields (shape, size, dtype) afterwards."""
+
+    def __setstate__(self, _state):
+        raise _Malformed("the file tries to change a tensor or storage after it was checked")
+
+
+class _Storage(_Sealed):
     def __init__(self, dtype: np.dtype, size: int):
         self.dtype = dtype
         self.size = size
         self.data: np.ndarray | None = None
 
 
-class _LazyTensor:
+class _LazyTensor(_Sealed):
     """A tensor whose storage bytes come later in the file; its view is checked to lie inside them."""
 
     def __init__(self, storage, offset, shape, stride):
@@ -94,7 +101,7 @@ def _rebuild_tensor(storage=None, offset=None, shape=None, stride=None, *_ignore
     return _LazyTensor(storage, offset, shape, stride)
 
 
-class _StorageType:
+class _StorageType(_Sealed):
     """Stands for torch.<X>Storage in a persistent reference; it can be named, never called."""
 
     def __init__(self, name: str):
