@@ -14,9 +14,9 @@ from targets.errors import FactoryError
 
 MANIFEST_NAME = "manifest.json"
 RESERVED = {MANIFEST_NAME, MANIFEST_NAME + ".sig"}
-_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
 MAX_PATH = 512
 MAX_DEPTH = 8
 MAX_FILES = 10_000

@@ -6,6 +6,7 @@ killed process can be told from one a live process is still writing (`leftovers`
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,18 +20,35 @@ from targets.errors import FactoryError
 from factory.manifest import MANIFEST_NAME
 
 WORK_KINDS = ("staging", "previous", "incoming")
-_WORK_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous|incoming)-(?:(?P<pid>\d+)-)?[^/]*$")
-_CHECKPOINT_NAME = re.compile(r"^\.(?P<name>.+)\.checkpoint$")
+_WORK_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous|incoming)-(?:(?P<pid>\d+)-)?[^/]*\Z")
+_CHECKPOINT_NAME = re.compile(r"^\.(?P<name>.+)\.checkpoint\Z")
 OWNER_FILE = "owner.pid"  # a checkpoint folder's owner, when its writer records one (record_owner)
 CHECKPOINT_IDLE_S = 3600  # a checkpoint with no recorded owner counts as abandoned after this long untouched
 
 
 def check_destination(out: Path) -> None:
     """Fail early if `out` holds files that are not an earlier build (they would be lost)."""
+    out = Path(out)
+    if out.name in ("", "..") or out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
+        raise FactoryError(f"--out {out} is the current folder or holds it; name a new folder (e.g. --out ./app)")
     if out.exists() and not out.is_dir():
         raise FactoryError(f"--out {out} is a file; pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise FactoryError(f"--out {out} is not empty and holds no {MANIFEST_NAME}; choose an empty or new folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST_NAME).is_file():
+            raise FactoryError(f"--out {out} is not empty and holds no {MANIFEST_NAME}; choose an empty or new folder")
+        if not _is_factory_manifest(out / MANIFEST_NAME):
+            raise FactoryError(f"--out {out} holds another program's {MANIFEST_NAME} (not an edgefactory build), and "
+                               "everything in --out is replaced; choose an empty or new folder")
+
+
+def _is_factory_manifest(path: Path) -> bool:
+    """Whether `path` is an edgefactory manifest (its "format"), so its folder is an earlier build or fetch."""
+    try:
+        with open(path, "rb") as f:
+            body = json.loads(f.read(8 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and str(body.get("format", "")).startswith("edgefactory-manifest/")
 
 
 def work_dir(parent: Path, name: str, kind: str) -> Path:
@@ -58,12 +76,19 @@ def staged(out: Path):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     previous = None
-    if out.exists():
-        previous = work_dir(out.parent, out.name, "previous")
-        os.replace(out, previous / "build")
-    os.replace(staging, out)
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
+    try:
+        if out.exists() or out.is_symlink():
+            previous = work_dir(out.parent, out.name, "previous")
+            os.replace(out, previous / "build")
+        os.replace(staging, out)
+    except OSError as exc:
+        if previous and (previous / "build").exists() and not out.exists():
+            os.replace(previous / "build", out)  # put the earlier build back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FactoryError(f"--out {out}: cannot move the finished files into place ({exc.strerror or exc})") from None
+    finally:
+        if previous:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 # --- leftovers of killed processes -----------------------------------------------------------

@@ -20,7 +20,7 @@ from factory import manifest as manifest_lib, signing, staging
 from factory.release_manifest import Damaged, parse as parse_manifest
 from targets.errors import FactoryError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 LATEST = "LATEST"
 MANIFEST_NAME = manifest_lib.MANIFEST_NAME
 SIGNATURE_NAME = MANIFEST_NAME + signing.SIGNATURE_SUFFIX

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from typer.testing import CliRunner
 
 from factory import manifest as manifest_lib, signing, store
+from factory.release_manifest import parse as parse_manifest
 from factory.cli import app
 from factory.server import serve
 from targets.errors import FactoryError
@@ -162,7 +163,8 @@ def release_routes(files: dict, manifest: bytes | None = None, paths: list | Non
 # --- fetch: hostile manifests write nothing anywhere ------------------------------------------
 BAD_PATHS = ["../escaped.txt", "{abs}", "tfjs/../../escaped.txt", "..\\escaped.txt", "C:/escaped.txt",
              "C:escaped.txt", "a\0b.txt", ".app.staging-1-x/escaped.txt", "./escaped.txt", "a//escaped.txt",
-             "manifest.json", "manifest.json.sig", "dir/", "%2e%2e/escaped.txt", "x/" * 10 + "escaped.txt"]
+             "manifest.json", "manifest.json.sig", "dir/", "%2e%2e/escaped.txt", "x/" * 10 + "escaped.txt",
+             "model.tflite\n"]
 
 
 @pytest.mark.parametrize("bad", BAD_PATHS)
@@ -498,3 +500,41 @@ def test_gc_removes_only_leftovers_no_live_process_owns(tmp_path, build):
     assert "no owner recorded" in result.output and "untouched for 2.0 h" in result.output
     assert [r.problems for r in store.check(root)] == [[]]  # the release itself untouched
     one_error(cli("store", "gc", tmp_path / "nope"), "does not exist")
+
+
+# --- where fetch writes ---------------------------------------------------------------------------
+def test_fetch_never_replaces_a_folder_holding_another_programs_manifest(tmp_path, build):
+    root = tmp_path / "store"
+    store.publish(build, root, "m")
+    public = tmp_path / "webapp" / "public"  # a web app's folder: its PWA manifest.json is not ours
+    public.mkdir(parents=True)
+    (public / "index.html").write_text("<html>my app</html>")
+    (public / "manifest.json").write_text('{"short_name": "App", "icons": []}')
+    with running(root) as port:
+        url = f"http://127.0.0.1:{port}"
+        one_error(cli("fetch", url, "--model", "m", "--target", "tfjs", "--out", public), "another program's manifest.json")
+        assert sorted(p.name for p in public.iterdir()) == ["index.html", "manifest.json"]
+        assert cli("fetch", url, "--model", "m", "--out", tmp_path / "app").exit_code == 0
+        assert cli("fetch", url, "--model", "m", "--out", tmp_path / "app").exit_code == 0  # our own: replaced
+
+
+def test_fetch_into_the_current_folder_is_one_error_and_leaves_nothing(tmp_path, build, monkeypatch):
+    root = tmp_path / "store"
+    store.publish(build, root, "m")
+    here = tmp_path / "here" / "deeper"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    with running(root) as port:
+        for out in [".", "..", here, "/"]:
+            one_error(cli("fetch", f"http://127.0.0.1:{port}", "--model", "m", "--out", out), "the current folder")
+    assert tree(tmp_path / "here") == {"deeper"}
+
+
+def test_names_with_a_trailing_newline_are_refused(tmp_path, build):
+    with pytest.raises(FactoryError, match="not allowed"):
+        store.publish(build, tmp_path / "store", "m\n")
+    one_error(cli("fetch", "http://127.0.0.1:1", "--model", "m", "--version", "1\n", "--out", tmp_path / "a"), "--version")
+    (tmp_path / "store" / "m" / "1\n").mkdir(parents=True)  # made by hand: not a version
+    assert store.versions(tmp_path / "store", "m") == []
+    with pytest.raises(FactoryError, match="not a plain relative name"):
+        parse_manifest(json.dumps({"files": {"labels.txt\n": {"bytes": 1, "sha256": "0" * 64}}}).encode(), "x")
