@@ -9,10 +9,12 @@ are invisible, and a release whose manifest cannot be trusted is reported as dam
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +99,20 @@ def latest_problem(store: Path, model: str) -> str | None:
 
 
 # --- reading releases -------------------------------------------------------------------------
+def _open_regular(path: Path):
+    """`path` opened for reading if it is a regular file: never a symlink, and never a FIFO or device,
+    whose read could block a server thread (or `factory models`) forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def read_manifest_bytes(release: Path) -> bytes:
     path = Path(release) / MANIFEST_NAME
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as f:
+        with _open_regular(path) as f:
             data = f.read(MANIFEST_LIMIT + 1)
     except FileNotFoundError:
         raise Damaged(f"{release}: no {MANIFEST_NAME}") from None
@@ -126,8 +137,7 @@ def read_signature(release: Path) -> bytes | None:
     if not path.exists() and not path.is_symlink():
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as f:
+        with _open_regular(path) as f:
             return f.read(signing.SIGNATURE_BYTES + 1)
     except OSError as exc:
         raise Damaged(f"{release}: {SIGNATURE_NAME} is unreadable ({exc.strerror or exc})") from None

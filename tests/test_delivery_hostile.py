@@ -538,3 +538,27 @@ def test_names_with_a_trailing_newline_are_refused(tmp_path, build):
     assert store.versions(tmp_path / "store", "m") == []
     with pytest.raises(FactoryError, match="not a plain relative name"):
         parse_manifest(json.dumps({"files": {"labels.txt\n": {"bytes": 1, "sha256": "0" * 64}}}).encode(), "x")
+
+
+def test_a_fifo_in_a_release_is_damaged_and_blocks_nothing(tmp_path, build):
+    root = tmp_path / "store"
+    store.publish(build, root, "m")
+    store.publish(build, root, "m")
+    store.publish(build, root, "m")
+    (root / "m" / "2" / "manifest.json").unlink()
+    os.mkfifo(root / "m" / "2" / "manifest.json")  # opening it for reading waits for a writer: forever
+    os.mkfifo(root / "m" / "3" / "manifest.json.sig")
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(cli("models", root)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert finished, "factory models hangs on a FIFO manifest.json"
+    assert "damaged m 2: " in finished[0].output and "not a regular file" in finished[0].output
+    with running(root, threads=2) as port:
+        for _ in range(3):  # more requests than threads: none may hang
+            status, _, body = get(port, "/models/m/2/labels.txt")
+            assert status == 503 and "not a regular file" in json.loads(body)["reason"]
+            assert get(port, "/models/m/3/manifest.json.sig")[0] == 503
+        assert get(port, "/models/m/1/labels.txt")[0] == 200
+    checked = cli("store", "check", root)
+    assert checked.exit_code == 1 and "damaged m 3: " in checked.output
