@@ -3,11 +3,12 @@ all compose them:
 
     prepare(DataSpec, BackboneSpec)            -> Prepared      backbone resolved, data split
     train(Prepared, TrainingSpec)              -> TrainedModel  the strategy's phases, evaluated
-    export(TrainedModel, Prepared, ExportSpec) -> [ArtifactReport]  convert, compare, time
+    export(TrainedModel, Prepared, ExportSpec) -> [ArtifactReport]  each planned artifact:
+        convert -> verify (its runtime vs Keras) -> gate (the caller's decision) -> timed
     publish(build folder, PublishSpec)         -> the release folder in the store
 
-`build(BuildSpec)` runs them in order, gates every artifact on its agreement with Keras,
-and writes labels.txt and manifest.json beside the artifacts, all or nothing.
+`build(BuildSpec)` runs them in order and writes labels.txt and manifest.json beside the
+artifacts, all or nothing. The bench composes convert and verify without the gate.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from factory import backbones, classifier as classifier_lib, data as data_lib, m
 from factory.cache import FeatureCache
 from factory.progress import Reporter, Silent
 from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
-                           as_dict, weights_fingerprint)
+                           weights_fingerprint)
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase
 from targets import parity
@@ -207,7 +208,7 @@ def convert(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mod
     start = time.perf_counter()
     model = model_for(mode, trained, prepared, spec, context)
     step_seconds = time.perf_counter() - start
-    artifact = target.convert(model, mode.name, Path(out_dir), context)
+    artifact = target.convert(model, mode.name, out_dir, context)
     artifact.convert_seconds = round(artifact.convert_seconds + step_seconds, 2)
     return artifact
 
@@ -231,7 +232,8 @@ def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir:
     """Every planned artifact: converted, verified, gated on agreement with Keras, then timed."""
     plan = spec.plan()
     context = conversion_context(name, trained, prepared, spec, plan)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for target, mode in plan:
         task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=3)
@@ -311,6 +313,5 @@ def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, tr
     }
 
 
-__all__ = ["prepare", "train", "advise", "convert", "verify", "gate", "export", "publish", "build", "Prepared", "TrainedModel", "ArtifactReport",
-           "BuildResult", "DataSpec", "BackboneSpec", "TrainingSpec", "ExportSpec", "PublishSpec", "CacheSpec",
-           "BuildSpec", "as_dict"]
+__all__ = ["prepare", "train", "advise", "restore", "convert", "verify", "gate", "export", "publish", "build",
+           "Prepared", "TrainedModel", "ArtifactReport", "BuildResult"]
