@@ -8,13 +8,14 @@ With a trusted public key the manifest's signature is checked before anything is
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
@@ -28,14 +29,6 @@ LATEST_LIMIT = store_lib.MANIFEST_LIMIT + 65_536  # /latest carries the manifest
 _CHUNK = 65_536
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl[:80]} (not followed)", headers, fp)
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
 class _TooLarge(FactoryError):
     def __init__(self, url: str, detail: str):
         super().__init__(f"{url}: {detail}; refusing it")
@@ -43,56 +36,93 @@ class _TooLarge(FactoryError):
 
 
 class _Client:
+    """GET requests with http.client: no redirects followed, socket timeouts per read, and a watchdog
+    that shuts the connection at the fetch's deadline (a server trickling a byte per read timeout
+    would otherwise hold a read, or a header line, open far past it)."""
+
     def __init__(self, base_url: str, timeout: float, deadline: float):
-        scheme = urllib.parse.urlsplit(base_url).scheme
-        if scheme not in ("http", "https"):
+        try:
+            split = urllib.parse.urlsplit(base_url)
+            ok = split.scheme in ("http", "https") and split.hostname and (split.port or 0) >= 0
+        except ValueError:  # e.g. "http://[::1", a port out of range
+            ok = False
+        if not ok:
             raise FactoryError(f"{base_url[:80]}: not an http:// or https:// URL of a `factory serve` store")
         self.base_url, self.timeout, self.deadline = base_url.rstrip("/"), timeout, time.monotonic() + deadline
+        self.expired = False
 
     def url(self, *parts: str) -> str:
         return "/".join([self.base_url, *(urllib.parse.quote(p, safe="/") for p in parts)])
 
     def stream(self, url: str, limit: int, sink, missing_ok: bool = False) -> int | None:
         """Write the body of `url` to `sink` (a callable); refuse it past `limit` bytes. None on 404 if missing_ok."""
+        parts = urllib.parse.urlsplit(url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         try:
-            with _OPENER.open(url, timeout=self._timeout()) as response:
-                announced = response.headers.get("Content-Length")
-                if announced and announced.isdigit() and int(announced) > limit:
-                    raise _TooLarge(url, f"the server announces {int(announced)} bytes, more than the {limit} expected")
-                total = 0
-                while chunk := response.read(min(_CHUNK, limit + 1 - total)):
-                    total += len(chunk)
-                    if total > limit:
-                        raise _TooLarge(url, f"the server sent more than the {limit} bytes expected")
-                    sink(chunk)
-                    self._timeout()
-                return total
-        except urllib.error.HTTPError as exc:
-            if missing_ok and exc.code == 404:
-                return None
-            raise FactoryError(f"{url}: HTTP {exc.code} {_reason(exc)}".rstrip()) from None
-        except urllib.error.URLError as exc:
-            raise FactoryError(f"{url}: cannot connect ({exc.reason}); is `factory serve` running?") from None
+            connection = kind(parts.hostname, parts.port, timeout=self._timeout())  # HTTPS: certificates verified
+            connection.connect()
         except (socket.timeout, TimeoutError):
+            raise FactoryError(f"{url}: cannot connect (timed out); is `factory serve` running?") from None
+        except (OSError, ValueError, HTTPException) as exc:
+            raise FactoryError(f"{url}: cannot connect ({getattr(exc, 'strerror', None) or exc}); "
+                               "is `factory serve` running?") from None
+        watchdog = threading.Timer(self._left(), self._expire, [connection.sock])
+        watchdog.daemon = True
+        watchdog.start()
+        response = None
+        try:
+            connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")))
+            response = connection.getresponse()
+            if response.status != 200:
+                if missing_ok and response.status == 404:
+                    return None
+                raise FactoryError(f"{url}: HTTP {response.status} {_reason(response)}".rstrip())
+            announced = response.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > limit:
+                raise _TooLarge(url, f"the server announces {int(announced)} bytes, more than the {limit} expected")
+            total = 0
+            while chunk := response.read(min(_CHUNK, limit + 1 - total)):
+                total += len(chunk)
+                if total > limit:
+                    raise _TooLarge(url, f"the server sent more than the {limit} bytes expected")
+                sink(chunk)
+                self._timeout()
+            self._timeout()  # a body cut off by the watchdog is late, not short
+            return total
+        except (socket.timeout, TimeoutError):
+            self._timeout()
             raise FactoryError(f"{url}: no data for {self.timeout:.0f} s (timed out); try again later") from None
         except (OSError, HTTPException) as exc:
+            self._timeout()
             raise FactoryError(f"{url}: the transfer broke off ({type(exc).__name__}); try again") from None
+        finally:
+            watchdog.cancel()
+            if response is not None:
+                response.close()  # it owns the socket once the server said Connection: close
+            connection.close()
 
     def get(self, url: str, limit: int, missing_ok: bool = False) -> bytes | None:
         parts: list[bytes] = []
         total = self.stream(url, limit, parts.append, missing_ok)
         return None if total is None else b"".join(parts)
 
+    def _left(self) -> float:
+        return self.deadline - time.monotonic()
+
     def _timeout(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
+        if self.expired or self._left() <= 0:
             raise FactoryError(f"{self.base_url}: the fetch took longer than its deadline; try again later")
-        return min(self.timeout, left)
+        return min(self.timeout, self._left())
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
 
 
-def _reason(exc: urllib.error.HTTPError) -> str:
+def _reason(response) -> str:
     try:
-        body = json.loads(exc.read(4096))
+        body = json.loads(response.read(4096))
         return f"({str(body['reason'])[:160]})"
     except Exception:  # any body: the status alone is the message
         return ""

@@ -262,7 +262,8 @@ def test_fetch_refuses_redirects_and_other_schemes(tmp_path):
 
     with hostile({"/models/m/1/manifest.json": redirect}) as (_, url):
         one_error(cli("fetch", url, "--model", "m", "--version", "1", "--out", tmp_path / "app"), "HTTP 302")
-    one_error(cli("fetch", "file:///etc", "--model", "m", "--out", tmp_path / "app"), "not an http://")
+    for bad in ["file:///etc", "http://", "http://[::1", "http://127.0.0.1:99999"]:
+        one_error(cli("fetch", bad, "--model", "m", "--out", tmp_path / "app"), "not an http://")
     one_error(cli("fetch", "http://127.0.0.1:1", "--model", "../m", "--out", tmp_path / "app"), "--model")
     assert tree(tmp_path) == set()
 
@@ -562,3 +563,35 @@ def test_a_fifo_in_a_release_is_damaged_and_blocks_nothing(tmp_path, build):
         assert get(port, "/models/m/1/labels.txt")[0] == 200
     checked = cli("store", "check", root)
     assert checked.exit_code == 1 and "damaged m 3: " in checked.output
+
+
+def _trickle(prefix: bytes):
+    """Sends `prefix`, then one byte every 0.2 s (well inside the read timeout) for 200 s."""
+    def handle(handler):
+        try:
+            handler.wfile.write(prefix)
+            for _ in range(1000):
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+    return handle
+
+
+@pytest.mark.parametrize("prefix", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",  # a slow body
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",  # a slow body the response owns
+    b"HTTP/1.1 200 OK\r\nX-Slow: ",  # a header line that never ends
+])
+def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path, prefix):
+    from factory.fetch import fetch
+
+    files = {"model.tflite": b"x" * 1000, "labels.txt": b"a\n"}
+    routes = {**release_routes(files), "/models/m/1/model.tflite": _trickle(prefix)}
+    with hostile(routes) as (_, url):
+        started = time.monotonic()
+        with pytest.raises(FactoryError, match="took longer than its deadline"):
+            fetch(url, "m", tmp_path / "app", version="1", timeout=1, deadline=2)
+        assert time.monotonic() - started < 6
+    assert tree(tmp_path) == set()
