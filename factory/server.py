@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -160,9 +162,14 @@ class StoreApp:
             checksum = manifest["files"][path]["sha256"]
         else:
             raise NotFound(f"{path[:64]!r} is not a file of {name} version {version}")
-        file_path = safe_path(release, path)
-        response = send_file(file_path, request.environ, mimetype=content_type(file_path), etag=checksum,
-                             conditional=True)
+        file, size, mtime = open_inside(self.store, [name, version, *path.split("/")])
+        response = send_file(file, request.environ, mimetype=content_type(Path(path)), etag=checksum)
+        response.content_length, response.last_modified = size, mtime
+        try:
+            response = response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+        except HTTPException:  # 416
+            file.close()
+            raise
         response.headers[CHECKSUM_HEADER] = checksum
         response.headers["Cache-Control"] = "public, max-age=31536000, immutable"  # versions never change
         return response
@@ -207,20 +214,30 @@ def content_type(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix, "application/octet-stream")
 
 
-def safe_path(root: Path, relative: str) -> Path:
-    """`root/relative` if it is a regular file inside root reached without hidden parts or symlinks."""
-    root = Path(root)
-    current = root
-    for part in relative.split("/"):
-        if not part or part.startswith(".") or "\\" in part or "\0" in part:
+def open_inside(root: Path, parts: list[str]):
+    """(binary file, size, mtime) of the regular file root/parts..., opened one component at a time
+    relative to its folder without following any symlink: a link swapped in after the checks
+    cannot lead outside the store, and a FIFO cannot hold a thread. NotFound otherwise."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            if not part or part.startswith(".") or "\\" in part or "\0" in part:
+                raise NotFound()
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                parent, fd = fd, os.open(part, flags, dir_fd=fd)
+            except OSError:
+                raise NotFound() from None
+            os.close(parent)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise NotFound()
-        current = current / part
-        if current.is_symlink():
-            raise NotFound()
-    resolved_root = root.resolve()
-    if not current.is_file() or resolved_root not in current.resolve().parents:
-        raise NotFound()
-    return current
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return file, info.st_size, info.st_mtime
 
 
 class StoreServer:

@@ -595,3 +595,24 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path, prefix):
             fetch(url, "m", tmp_path / "app", version="1", timeout=1, deadline=2)
         assert time.monotonic() - started < 6
     assert tree(tmp_path) == set()
+
+
+def test_a_symlink_swapped_in_after_the_checks_serves_nothing_from_outside(tmp_path, build, monkeypatch):
+    from factory import server as server_lib
+
+    root = tmp_path / "store"
+    store.publish(build, root, "m")
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP-SECRET\n")
+    labels = root / "m" / "1" / "labels.txt"
+    original = server_lib.send_file
+
+    def swap_then_send(*args, **kwargs):  # the race, made deterministic: the checks passed, then the swap
+        labels.unlink()
+        labels.symlink_to(secret)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(server_lib, "send_file", swap_then_send)
+    with running(root) as port:
+        status, _, body = get(port, "/models/m/1/labels.txt")
+    assert b"TOP-SECRET" not in body and (status, body) == (200, b"cat\ndog\n")  # the file that was checked
