@@ -123,11 +123,12 @@ def leftovers(folder: Path, checkpoints: bool = False) -> list[Leftover]:
     return found
 
 
-def _judge(path: Path, kind: str, pid: int | None) -> Leftover:
+def _judge(path: Path, kind: str, pid: int | None, record: Path | None = None) -> Leftover:
+    """`record`: what the owner wrote when it claimed `path` (default: `path` itself), to tell a reused PID."""
     if pid is None:
         return Leftover(path, kind, None, True, "no owner recorded (made by an older version): remove it by hand "
                                                 "once no build or publish is running")
-    if _owns(pid, path):
+    if _owns(pid, record or path):
         return Leftover(path, kind, pid, True, f"process {pid} is still running")
     return Leftover(path, kind, pid, False, f"process {pid} is gone")
 
@@ -137,8 +138,8 @@ def _judge_checkpoint(path: Path) -> Leftover:
         pid = int((path / OWNER_FILE).read_text().strip())
     except (OSError, ValueError):
         pid = None
-    if pid is not None:
-        return _judge(path, "checkpoint", pid)
+    if pid is not None:  # a resumed build rewrites owner.pid in place: the folder itself may be older than it
+        return _judge(path, "checkpoint", pid, path / OWNER_FILE)
     idle = time.time() - _newest_mtime(path)
     if idle < CHECKPOINT_IDLE_S:
         return Leftover(path, "checkpoint", None, True, f"written {idle / 60:.0f} min ago: a build may be running")

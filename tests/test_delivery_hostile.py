@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from typer.testing import CliRunner
 
-from factory import manifest as manifest_lib, signing, store
+from factory import manifest as manifest_lib, signing, staging, store
 from factory.release_manifest import parse as parse_manifest
 from factory.cli import app
 from factory.server import serve
@@ -616,3 +616,20 @@ def test_a_symlink_swapped_in_after_the_checks_serves_nothing_from_outside(tmp_p
     with running(root) as port:
         status, _, body = get(port, "/models/m/1/labels.txt")
     assert b"TOP-SECRET" not in body and (status, body) == (200, b"cat\ndog\n")  # the file that was checked
+
+
+def test_gc_keeps_the_checkpoint_of_a_resumed_build_that_is_still_running(tmp_path):
+    builds = tmp_path / "builds"
+    checkpoint = builds / ".app.checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "owner.pid").write_text(f"{_dead_pid()}\n")  # the killed build
+    (checkpoint / "state.json").write_text("{}")
+    time.sleep(2.2)  # process start times are known to about a second
+    resumed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (checkpoint / "owner.pid").write_text(f"{resumed.pid}\n")  # record_owner: the file rewritten in place
+        removed, kept = store.clean(staging.leftovers(builds, checkpoints=True))
+        assert not removed and [k.path for k in kept] == [checkpoint] and checkpoint.is_dir()
+    finally:
+        resumed.kill()
+        resumed.wait()
