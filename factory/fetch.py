@@ -153,6 +153,9 @@ def fetch(base_url: str, model: str, out: Path, *, version: str | None = None, t
     if trusted is not None:
         signing.check(manifest_bytes, signature, trusted, where)
     manifest = parse_manifest(manifest_bytes, where)
+    problem = store_lib.release_name_problem(manifest, model, version, required=trusted is not None)
+    if problem:
+        raise Damaged(f"{where}: {problem}")
     artifact = _choose(manifest, model, version, target, quantize)
     if "labels.txt" not in manifest["files"]:
         raise Damaged(f"{where}: the manifest lists no labels.txt; refusing it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -167,6 +168,19 @@ def file_problem(release: Path, relative: str, entry: dict) -> str | None:
     return None
 
 
+def release_name_problem(manifest: dict, model: str, version: str, required: bool) -> str | None:
+    """Why `manifest` is not the release `model` `version` (its "release" field, written by publish and
+    covered by the signature), or None. Without the field only a `required` check fails."""
+    named = manifest.get("release")
+    if named is None and not required:
+        return None
+    if named != {"model": model, "version": version}:
+        shown = f"{named.get('model')!s:.64} {named.get('version')!s:.64}" if isinstance(named, dict) else "no release"
+        return (f"the manifest names {shown}, not {model} {version} (a release served under another name or "
+                "version); refusing it")
+    return None
+
+
 @dataclass
 class ReleaseCheck:
     model: str
@@ -193,6 +207,9 @@ def check_release(store: Path, model: str, version: str, trusted: signing.Ed2551
         relative = path.relative_to(release).as_posix()
         if not path.is_dir() and relative not in listed:
             result.problems.append(f"{relative} is not in the manifest (never served)")
+    problem = release_name_problem(manifest, model, version, required=trusted is not None)
+    if problem:
+        result.problems.append(problem)
     if signature is not None:
         result.signature = "not checked"
     if trusted is not None:
@@ -236,6 +253,8 @@ def publish(build_dir: Path, store: Path, model: str, version: str | None = None
     release = model_dir / version
     if release.exists() or release.is_symlink():
         raise FactoryError(f"{model} version {version} is already published; versions are never overwritten")
+    # the release names itself, so a signature cannot be replayed for another model or version
+    manifest_bytes = (json.dumps({**manifest, "release": {"model": model, "version": version}}, indent=2) + "\n").encode()
     incoming = staging.work_dir(model_dir, version, "incoming")
     try:
         for relative, entry in manifest["files"].items():

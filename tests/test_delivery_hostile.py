@@ -633,3 +633,23 @@ def test_gc_keeps_the_checkpoint_of_a_resumed_build_that_is_still_running(tmp_pa
     finally:
         resumed.kill()
         resumed.wait()
+
+
+def test_a_signed_release_served_under_another_name_or_version_is_refused(tmp_path, keys):
+    private, public = keys
+    root, mirror = tmp_path / "store", tmp_path / "mirror"
+    store.publish(fake_build(tmp_path / "cats"), root, "cats", sign_key=private)
+    store.publish(fake_build(tmp_path / "cats2", tflite=b"NEWER" * 50), root, "cats", sign_key=private)
+    store.publish(fake_build(tmp_path / "dogs", tflite=b"DOGS" * 100), root, "dogs", sign_key=private)
+    assert json.loads((root / "cats" / "2" / "manifest.json").read_text())["release"] == {"model": "cats", "version": "2"}
+    (mirror / "cats").mkdir(parents=True)
+    shutil.copytree(root / "dogs" / "1", mirror / "cats" / "1")  # another model, validly signed by the same key
+    shutil.copytree(root / "cats" / "1", mirror / "cats" / "2")  # an older version passed off as the newer one
+    with running(mirror) as port:
+        for version, named in [("1", "names dogs 1, not cats 1"), ("2", "names cats 1, not cats 2")]:
+            one_error(cli("fetch", f"http://127.0.0.1:{port}", "--model", "cats", "--version", version,
+                          "--out", tmp_path / "app", "--trust-key", public), named)
+    assert not (tmp_path / "app").exists()
+    checked = cli("store", "check", mirror, "--trust-key", public)
+    assert checked.exit_code == 1 and "names dogs 1, not cats 1" in checked.output
+    assert cli("store", "check", root, "--trust-key", public).exit_code == 0
