@@ -211,7 +211,7 @@ def test_fetch_cuts_an_endless_body_at_the_manifest_size(tmp_path):
         elapsed = time.monotonic() - started
         time.sleep(0.5)  # let the handler notice the closed connection
     one_error(result, "model.tflite", "fails its checksum", "more than the 1000 bytes expected")
-    assert elapsed < 10 and server.sent["/models/m/1/model.tflite"] < 32 << 20  # cut off, not read to the end
+    assert elapsed < 25 and server.sent["/models/m/1/model.tflite"] < 32 << 20  # cut off, not read to the end
     assert tree(tmp_path) == before
 
 
@@ -250,7 +250,7 @@ def test_fetch_times_out_on_a_silent_server(tmp_path):
     finally:
         listener.close()
     one_error(result, "timed out")
-    assert elapsed < 5 and not (tmp_path / "app").exists()
+    assert elapsed < 15 and not (tmp_path / "app").exists()  # --timeout 1 applied (the default is 30 s)
 
 
 def test_fetch_refuses_redirects_and_other_schemes(tmp_path):

@@ -17,7 +17,6 @@ import pickle
 import random
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -271,15 +270,12 @@ def test_hostile_tensors_are_one_factory_error(tmp_path, case, data, reason):
 
 
 def test_fuzzed_weights_files_never_crash_or_leak(tmp_path):
-    started = time.monotonic()
     run = subprocess.run([sys.executable, __file__, "2026", str(FUZZ_CASES), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
-    elapsed = time.monotonic() - started
+                         capture_output=True, text=True, timeout=120)  # bounded: a hang fails the test
     assert run.returncode == 0, f"fuzz worker exited {run.returncode} (negative: killed by a signal): {run.stderr[-2000:]}"
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     assert counts["refused"] + counts["loaded"] == FUZZ_CASES
     assert counts["refused"] > FUZZ_CASES // 4 and counts["loaded"] > 10, counts  # both paths exercised
-    assert elapsed < 120
 
 
 if __name__ == "__main__":

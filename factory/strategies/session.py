@@ -30,15 +30,21 @@ class TrainingSession:
             return
         state_path = folder / STATE
         if resume and state_path.is_file():
-            state = json.loads(state_path.read_text())
-            if state["recipe"] != fingerprint:
+            try:
+                state = json.loads(state_path.read_text())
+                phases = [Phase(**p) for p in state["phases"]]
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise FactoryError(f"--resume: the checkpoint in {folder} is damaged ({type(exc).__name__}); "
+                                   "run again without --resume to start over") from exc
+            if state.get("recipe") != fingerprint:
                 raise FactoryError(
                     f"--resume: the checkpoint in {folder} was made by a different recipe; "
                     "run again with the same options, or without --resume to start over"
                 )
-            self.done = [Phase(**p) for p in state["phases"]]
+            self.done = phases
             if self.done:
                 self.model.load_weights(str(folder / "weights" / "after_phase"))
+            staging.record_owner(folder)  # this process owns the checkpoint now (see `factory store gc`)
             self.resumed = True
         elif not resume and folder.exists():
             shutil.rmtree(folder)
