@@ -24,7 +24,7 @@ MODES = (
     Mode("dynamic", 0.97, "int8 weights, float32 activations (int8 on the fly)"),
     Mode("int8", 0.94, "int8 weights and activations calibrated on training images; uint8 input/output",
          calibration=True),
-    Mode("qat", 0.94, "int8 like int8, after quantization-aware training", calibration=True,
+    Mode("qat", 0.94, "int8 as above, after quantization-aware training", calibration=True,
          training=QUANTIZATION_AWARE),
 )
 _MODES = {m.name: m for m in MODES}

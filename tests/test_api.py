@@ -75,3 +75,6 @@ def test_mode_tables_drive_defaults_and_help():
     help_text = " ".join(CliRunner().invoke(app, ["build", "--help"], terminal_width=200).output.split())
     for mode in (*tflite.modes, *tfjs.modes):
         assert mode.name in help_text
+    table = " ".join(CliRunner().invoke(app, ["targets"]).output.split())
+    for mode in (*tflite.modes, *tfjs.modes):  # each row starts with the mode and its threshold
+        assert f"│ {mode.name} │ {mode.min_agreement} │" in table

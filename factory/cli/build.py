@@ -149,6 +149,21 @@ def list_backbones():
         console.print(name)
 
 
+@app.command("targets")
+def list_targets():
+    """List each target's quantization modes: what they store, the agreement they must reach."""
+    for name in registry.names():
+        table = Table(title=f"--target {name}")
+        for column in ("--quantize", "min agreement", "in bench", "needs", "stores"):
+            table.add_column(column)
+        for mode in registry.get(name).modes:
+            steps = ("calibration images" if mode.calibration else "", f"{mode.training} training" if mode.training else "")
+            needs = ", ".join(step for step in steps if step)
+            table.add_row(mode.name, f"{mode.min_agreement}", "yes" if mode.in_bench else "no", needs or "-",
+                          mode.summary)
+        console.print(table)
+
+
 @app.command()
 @one_line_errors
 def advise(
