@@ -102,10 +102,15 @@ def test_fine_tune_build_records_trainable_layers(tmp_path):
 
 @pytest.mark.slow
 def test_int8_of_a_fully_fine_tuned_build_meets_the_target_layer_figures(tmp_path):
-    """Issue #4's bar: full int8 <= 0.3x the float32 file, within 1.5 points, agreement >= 0.97."""
+    """Issue #4's bar: full int8 <= 0.3x the float32 file, within 1.5 points, agreement >= 0.97.
+
+    5,000 images (1,000 test images): with 3,000 the agreement of this build was 0.965 on an
+    Intel Xeon (AVX-512, oneDNN) and passed on AMD EPYC; at 5,000 it measured 0.981 (0.975 with
+    oneDNN off), so the bar is checked on a tighter estimate rather than on one CPU's rounding.
+    """
     out = tmp_path / "ft_int8"
     factory_build("--data", "fashion-mnist", "--strategy", "fine-tune", "--unfreeze", "all", "--epochs", "15",
-                  "--fine-tune-epochs", "3", "--input-size", "96", "--limit", "3000", "--quantize", "float32",
+                  "--fine-tune-epochs", "3", "--input-size", "96", "--limit", "5000", "--quantize", "float32",
                   "--quantize", "int8", "--latency-runs", "0", "--out", str(out))
     manifest = manifest_lib.read(out)
     float32, int8 = manifest["artifacts"]
