@@ -22,8 +22,8 @@ MODES = (
     Mode("float32", 0.99, "float32 weights and activations"),
     Mode("float16", 0.99, "float16 weights (dequantized at load), float32 activations"),
     Mode("dynamic", 0.97, "int8 weights, float32 activations (int8 on the fly)"),
-    Mode("int8", 0.94, "int8 weights and activations calibrated on training images; uint8 input/output",
-         calibration=True),
+    Mode("int8", 0.94, "int8 weights and activations calibrated on training images; uint8 (--int8-io: int8) "
+         "input/output", calibration=True),
     Mode("qat", 0.94, "int8 as above, after quantization-aware training", calibration=True,
          training=QUANTIZATION_AWARE),
 )

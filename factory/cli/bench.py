@@ -29,19 +29,20 @@ def bench(
     input_size: Optional[int] = typer.Option(BENCH_INPUT_SIZE, help="Square input size in pixels (small keeps "
                                              "the grid quick; pass the size you deploy)."),
     limit: LimitOption = BENCH_LIMIT,
-    strategy: List[str] = typer.Option(list(DEFAULT_STRATEGIES), help=f"Strategies to compare: {STRATEGY_HELP}. "
+    strategy: List[str] = typer.Option(list(DEFAULT_STRATEGIES), metavar="STRATEGY", help=f"Strategies to compare: {STRATEGY_HELP}. "
                                        "Repeat."),
-    target: List[str] = typer.Option(list(BENCH_EXPORT.targets), help="Deployment targets: "
+    target: List[str] = typer.Option(list(BENCH_EXPORT.targets), metavar="TARGET", help="Deployment targets: "
                                      f"{', '.join(registry.names())}. Repeat."),
     quantize: List[str] = typer.Option(
-        [], help="Quantizations, each on every target offering it (default: each target's bench modes: "
+        [], metavar="MODE", help="Quantizations, each on every target offering it (default: each target's bench modes: "
         f"{modes_help(bench=True)}). Repeat."),
     epochs: int = typer.Option(BENCH_TRAINING.epochs, help="Epochs for the head (and for the baseline recipe's fit)."),
     fine_tune_epochs: int = typer.Option(BENCH_TRAINING.fine_tune_epochs, help="Epochs for fine-tuning the "
                                          "unfrozen layers."),
     learning_rate: float = typer.Option(BENCH_TRAINING.learning_rate, help="Learning rate for the head."),
-    fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Default: learning rate / 10."),
-    batch_size: int = typer.Option(BENCH_TRAINING.batch_size),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Learning rate for fine-tuning "
+                                                            "(default: learning rate / 10)."),
+    batch_size: int = typer.Option(BENCH_TRAINING.batch_size, help="Images per training step."),
     qat_epochs: int = typer.Option(BENCH_EXPORT.qat_epochs, help="Epochs of quantization-aware training for qat."),
     latency_runs: int = typer.Option(BENCH_EXPORT.latency_runs, help="Batch-1 timing runs per artifact (fresh "
                                      "process)."),

@@ -57,10 +57,10 @@ def build(
                                        "imbalanced."),
     cache: bool = typer.Option(CacheSpec.enabled, help="Cache frozen-backbone features on disk ($EDGEFACTORY_CACHE)."),
     resume: bool = typer.Option(BuildSpec.resume, help="Continue an interrupted build from its last completed epoch."),
-    target: List[str] = typer.Option(list(EXPORT.targets), help="Deployment target: "
+    target: List[str] = typer.Option(list(EXPORT.targets), metavar="TARGET", help="Deployment target: "
                                      f"{', '.join(registry.names())}; repeat for several."),
     quantize: List[str] = typer.Option(
-        [], help=f"{modes_help()}. Repeat for several (each goes to every target that offers it). "
+        [], metavar="MODE", help=f"{modes_help()}. Repeat for several (each goes to every target that offers it). "
         "Default: each target's first."),
     min_agreement: Optional[float] = typer.Option(
         None, help="Fail unless each artifact's top-1 agrees with Keras on this share of the test split "
@@ -80,7 +80,7 @@ def build(
     learning_rate: float = typer.Option(TRAINING.learning_rate, help="Learning rate for the head."),
     fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Learning rate for fine-tuning "
                                                             "(default: learning rate / 10)."),
-    batch_size: int = typer.Option(TRAINING.batch_size),
+    batch_size: int = typer.Option(TRAINING.batch_size, help="Images per training step."),
     patience: int = typer.Option(TRAINING.patience, help="Early stopping: epochs without validation-loss improvement."),
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,

@@ -12,7 +12,9 @@ from typing_extensions import Annotated
 
 from targets.errors import FactoryError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Edge model factory: transfer-learn, convert, verify.")
+# Plain click help (no rich panels): it wraps cleanly at 80 columns instead of cutting option names.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Edge model factory: transfer-learn, convert, verify.")
 console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrapped table cells
 
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
@@ -49,7 +51,7 @@ def size_text(num_bytes: int) -> str:
 
 # --- options several commands share (each command chooses its own default) ---------------------
 DataOption = Annotated[str, typer.Option(
-    help="Folder with one sub-folder per class, or a named source: fashion-mnist, digits.")]
+    metavar="FOLDER|NAME", help="Folder with one sub-folder per class, or a named source: fashion-mnist, digits.")]
 BackboneOption = Annotated[str, typer.Option(help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR.")]
 WeightsOption = Annotated[Optional[Path], typer.Option(help="Local weights file for keras.applications backbones.")]
 InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size in pixels (default: the backbone's own).")]

@@ -9,8 +9,9 @@ from rich.table import Table
 
 from factory.cli.common import Debug, app, console, one_line_errors, size_text
 
-keys_app = typer.Typer(no_args_is_help=True, help="Release signing keys (Ed25519).")
-store_app = typer.Typer(no_args_is_help=True, help="Check a store's releases and clean up after killed processes.")
+keys_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Release signing keys (Ed25519).")
+store_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Check a store's releases and clean up after killed processes.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(store_app, name="store")
 
