@@ -184,7 +184,7 @@ def test_unknown_strategy_is_refused_by_the_cli(tmp_path):
 def test_failed_build_leaves_previous_output_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.json").write_text("{}")
+    (out / "manifest.json").write_text(json.dumps({"format": "edgefactory-manifest/1"}))  # an earlier build
     with pytest.raises(RuntimeError):
         with staging.staged(out) as folder:
             (folder / "model.tflite").write_bytes(b"half")
