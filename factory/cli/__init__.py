@@ -1,6 +1,6 @@
 """The `factory` command line. Each module registers its commands on the one app:
-build.py (build, backbones, advise, inspect), bench.py (bench, pick), delivery.py (store,
-serving and fetching)."""
+build.py (build, backbones, targets, advise, inspect), bench.py (bench, pick), delivery.py
+(models, serve, fetch, keys, store)."""
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,4 @@
-"""`factory build`, `backbones`, `advise` and `inspect`: each composes the pipeline's stages."""
+"""`factory build`, `backbones`, `targets`, `advise` and `inspect`: each composes the pipeline's stages."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from typing_extensions import Annotated
 
+from targets import registry
 from targets.errors import FactoryError
 
 # Plain click help (no rich panels): it wraps cleanly at 80 columns instead of cutting option names.
@@ -38,8 +39,6 @@ def one_line_errors(command):
 
 def modes_help(bench: bool = False) -> str:
     """Each target's quantization modes (its bench modes), from the targets' mode tables."""
-    from targets import registry
-
     targets = [registry.get(name) for name in registry.names()]
     return "; ".join(f"{t.name}: " + ", ".join(m.name for m in (t.bench_modes() if bench else t.modes))
                      for t in targets)
