@@ -206,12 +206,10 @@ def test_fetch_cuts_an_endless_body_at_the_manifest_size(tmp_path):
     routes = {**release_routes(files), "/models/m/1/model.tflite": endless}
     before = tree(tmp_path)
     with hostile(routes) as (server, url):
-        started = time.monotonic()
         result = cli("fetch", url, "--model", "m", "--version", "1", "--out", tmp_path / "app")
-        elapsed = time.monotonic() - started
         time.sleep(0.5)  # let the handler notice the closed connection
     one_error(result, "model.tflite", "fails its checksum", "more than the 1000 bytes expected")
-    assert elapsed < 25 and server.sent["/models/m/1/model.tflite"] < 32 << 20  # cut off, not read to the end
+    assert server.sent["/models/m/1/model.tflite"] < 32 << 20  # cut off, not read to the end
     assert tree(tmp_path) == before
 
 
@@ -243,14 +241,12 @@ def test_fetch_refuses_a_short_file(tmp_path):
 def test_fetch_times_out_on_a_silent_server(tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) and never answers
     try:
-        started = time.monotonic()
         result = cli("fetch", f"http://127.0.0.1:{listener.getsockname()[1]}", "--model", "m", "--version", "1",
                      "--out", tmp_path / "app", "--timeout", "1")
-        elapsed = time.monotonic() - started
     finally:
         listener.close()
-    one_error(result, "timed out")
-    assert elapsed < 15 and not (tmp_path / "app").exists()  # --timeout 1 applied (the default is 30 s)
+    one_error(result, "no data for 1 s (timed out)")  # --timeout 1 applied (the default is 30 s)
+    assert not (tmp_path / "app").exists()
 
 
 def test_fetch_refuses_redirects_and_other_schemes(tmp_path):
