@@ -181,10 +181,11 @@ class ArtifactReport:
 def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spec: ExportSpec,
                        plan: list[tuple]) -> ConversionContext:
     """What the `plan`'s conversions need: labels, normalization, calibration images if a mode does."""
-    needs_calibration = any(mode.calibration for _, mode in plan)
-    calibration = calibration_subset(prepared.data.train.images, spec.calibration_size, prepared.data_spec.seed)
+    calibration = None
+    if any(mode.calibration for _, mode in plan):
+        calibration = calibration_subset(prepared.data.train.images, spec.calibration_size, prepared.data_spec.seed)
     return ConversionContext(name=name, labels=prepared.data.class_names, normalization=trained.normalization,
-                             calibration=calibration if needs_calibration else None)
+                             calibration=calibration)
 
 
 def model_for(mode: Mode, trained: TrainedModel, prepared: Prepared, spec: ExportSpec, context) -> keras.Model:

@@ -154,17 +154,13 @@ def file_problem(release: Path, relative: str, entry: dict) -> str | None:
     try:
         if not path.is_file():
             return f"{relative} is missing"
-        digest, size = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(chunk)
-                size += len(chunk)
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{relative} is {size} bytes, the manifest says {entry['bytes']}"
+        if manifest_lib.sha256(path) != entry["sha256"]:
+            return f"{relative} fails its sha256"
     except OSError as exc:
         return f"{relative} is unreadable ({exc.strerror or exc})"
-    if size != entry["bytes"]:
-        return f"{relative} is {size} bytes, the manifest says {entry['bytes']}"
-    if digest.hexdigest() != entry["sha256"]:
-        return f"{relative} fails its sha256"
     return None
 
 
