@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from factory.cache import FeatureCache
-from factory.classifier import Classifier
-from factory.data import Dataset
+from factory.cache import FeatureSplit
 from targets.tf_setup import keras
 
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -34,25 +32,23 @@ class Advice:
         return dict(self.__dict__)
 
 
-def probe(classifier: Classifier, data: Dataset, *, seed: int, features: FeatureCache | None = None) -> dict:
-    """The evidence: a learning curve of a linear probe on (cached) frozen features."""
-    extract = features.features if features else classifier.features
-    train_x, val_x = extract(data.train.images), extract(data.val.images)
+def probe(train: FeatureSplit, val: FeatureSplit, num_classes: int, *, seed: int) -> dict:
+    """The evidence: a learning curve of a linear probe on frozen features."""
+    train_x, val_x = train.array(), val.array()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train_x))
     curve = {}
     for fraction in FRACTIONS:
-        keep = order[: max(len(data.class_names), int(fraction * len(order)))]
-        curve[fraction] = _linear_probe(train_x[keep], data.train.labels[keep], val_x, data.val.labels,
-                                        len(data.class_names), seed)
-    counts = np.bincount(data.train.labels, minlength=len(data.class_names))
+        keep = order[: max(num_classes, int(fraction * len(order)))]
+        curve[fraction] = _linear_probe(train_x[keep], train.labels[keep], val_x, val.labels, num_classes, seed)
+    counts = np.bincount(train.labels, minlength=num_classes)
     return {
         "learning_curve": {f"{int(f * 100)}%": round(a, 4) for f, a in curve.items()},
         "probe_accuracy": round(curve[1.0], 4),
         "gain_last_half": round(curve[1.0] - curve[0.5], 4),
         "images_per_class_min": int(counts.min()),
         "images_per_class_median": float(np.median(counts)),
-        "classes": len(data.class_names),
+        "classes": num_classes,
     }
 
 

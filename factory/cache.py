@@ -1,60 +1,205 @@
-"""On-disk cache of frozen-backbone features, so the backbone runs once per image, ever.
+"""On-disk cache of frozen-backbone features, one entry per image, so the backbone runs once
+per image, ever: a build over a folder with 100 new images extracts only those 100, and a
+build killed mid-extraction resumes from what it had written.
 
-The key covers everything that decides a feature vector: the backbone's weights (hashed, so
-a changed SavedModel or weights file misses), its input normalization, and the exact pixels of
-every image in the split (so any added, removed or edited image misses). Its folder comes
-from factory.specs.CacheSpec.
+An entry is keyed on (extractor, image): the extractor fingerprint covers everything that
+decides a feature vector (the backbone's weights, hashed, its normalization, the input size
+and the decoder), the image key is its content hash (factory.data). Entries live in SQLite
+files in the cache folder, one file per writer (a process, or each worker of a multi-worker
+build, so no two machines write one file); readers read them all. Every batch is committed
+as it is extracted. The folder comes from factory.specs.CacheSpec.
+
+For training, a split's features are copied from the cache into a flat float32 file (rows in
+a seeded random order) that the head reads back as a tf.data stream: memory stays flat.
 """
 from __future__ import annotations
 
 import hashlib
-import os
+import sqlite3
 import tempfile
+import time
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = "1"
+from factory.data import DECODE_VERSION, Split
+from targets.errors import FactoryError
+
+CACHE_VERSION = "2"
+SHARD_SUFFIX = ".sqlite"
+LOCAL_SHARD = "local"
+SCRATCH_PREFIX = "scratch-"  # a build's flat feature files, removed when its training ends
+EXTRACT_BATCH = 64
+KEYS_PER_QUERY = 500  # SQLite's default limit on bound parameters is 999
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS features (
+    extractor TEXT NOT NULL, key TEXT NOT NULL, vector BLOB NOT NULL, used REAL NOT NULL,
+    PRIMARY KEY (extractor, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS extractors (
+    extractor TEXT PRIMARY KEY, backbone TEXT NOT NULL, input_size INTEGER NOT NULL, dim INTEGER NOT NULL);
+"""
 
 
-def backbone_fingerprint(classifier) -> str:
+def extractor_fingerprint(classifier, input_size: int) -> str:
     digest = hashlib.sha256(CACHE_VERSION.encode())
-    digest.update(repr((classifier.backbone.name, classifier.backbone.normalization)).encode())
+    digest.update(repr((classifier.backbone.name, classifier.backbone.normalization, input_size,
+                        DECODE_VERSION)).encode())
     for weight in classifier.feature_model.weights:
         digest.update(weight.name.encode())
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()
 
 
-def key(fingerprint: str, images: np.ndarray) -> str:
-    digest = hashlib.sha256(fingerprint.encode())
-    digest.update(repr(images.shape).encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
-    return digest.hexdigest()
+def connect(path: Path) -> sqlite3.Connection:
+    try:
+        connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+        connection.execute("PRAGMA synchronous=NORMAL")  # rollback journal: works on a shared (network) folder
+        connection.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise FactoryError(f"feature cache file {path} is damaged ({exc}); delete it or run "
+                           "`factory cache prune --all`") from exc
+    return connection
 
 
-class FeatureCache:
-    def __init__(self, classifier, folder: Path):
-        self.classifier = classifier
-        self.folder = Path(folder)
-        self.fingerprint = backbone_fingerprint(classifier)
-        self.hits = self.misses = 0
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("*" + SHARD_SUFFIX)) if Path(folder).is_dir() else []
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        path = self.folder / f"{key(self.fingerprint, images)}.npy"
-        if path.is_file():
-            try:
-                cached = np.load(path)
-                if cached.shape[0] == len(images):
-                    self.hits += 1
-                    return cached
-            except (OSError, ValueError):
-                pass  # a damaged entry is recomputed and replaced
-        self.misses += 1
-        features = self.classifier.features(images)
+
+class FeatureStore:
+    """The cached features of one extractor, in `folder`; writes go to the `shard` file."""
+
+    def __init__(self, folder: Path, extractor: str, *, backbone: str, input_size: int, dim: int,
+                 shard: str = LOCAL_SHARD):
+        self.folder, self.extractor = Path(folder), extractor
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, features)
-        os.replace(tmp, path)  # readers never see a half-written entry
-        return features
+        self.own = self.folder / (shard + SHARD_SUFFIX)
+        self.dim = dim
+        self.hits = self.misses = 0
+        with closing(connect(self.own)) as db:
+            db.execute("INSERT OR IGNORE INTO extractors VALUES (?, ?, ?, ?)", (extractor, backbone, input_size, dim))
+
+    def known(self) -> set[str]:
+        """Keys of every image this extractor has features for, in any shard."""
+        keys: set[str] = set()
+        for path in shard_files(self.folder):
+            with closing(connect(path)) as db:
+                keys.update(k for (k,) in db.execute("SELECT key FROM features WHERE extractor = ?",
+                                                     (self.extractor,)))
+        return keys
+
+    def put(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Store one batch in one transaction: a kill loses at most the batch in flight."""
+        now = time.time()
+        rows = [(self.extractor, k, np.asarray(v, np.float32).tobytes(), now) for k, v in zip(keys, vectors)]
+        with closing(connect(self.own)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+
+    def vectors(self, keys: list[str]) -> np.ndarray:
+        """float32 [len(keys), dim], in the order of `keys`; every key must be cached."""
+        found: dict[str, bytes] = {}
+        wanted = list(dict.fromkeys(keys))
+        for path in shard_files(self.folder):
+            missing = [k for k in wanted if k not in found]
+            if not missing:
+                break
+            with closing(connect(path)) as db:
+                for start in range(0, len(missing), KEYS_PER_QUERY):
+                    chunk = missing[start:start + KEYS_PER_QUERY]
+                    marks = ",".join("?" * len(chunk))
+                    found.update(db.execute(f"SELECT key, vector FROM features WHERE extractor = ? AND key IN ({marks})",
+                                            (self.extractor, *chunk)))
+        absent = [k for k in wanted if k not in found]
+        if absent:
+            raise FactoryError(f"feature cache in {self.folder} lacks {len(absent)} image(s) it should hold; "
+                               "was it pruned during the build? run the build again")
+        self._touch(wanted)
+        return np.stack([np.frombuffer(found[k], np.float32) for k in keys]) if keys else np.zeros((0, self.dim),
+                                                                                                   np.float32)
+
+    def _touch(self, keys: list[str]) -> None:
+        """Mark entries of this process's own shard as used now (for `factory cache prune`)."""
+        now = time.time()
+        with closing(connect(self.own)) as db:
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                chunk = keys[start:start + KEYS_PER_QUERY]
+                db.execute(f"UPDATE features SET used = ? WHERE extractor = ? AND key IN ({','.join('?' * len(chunk))})",
+                           (now, self.extractor, *chunk))
+
+
+@contextmanager
+def open_store(classifier, folder: Path | None, shard: str = LOCAL_SHARD):
+    """`classifier`'s feature store in `folder`; with None (no cache), a private one that is
+    deleted afterwards."""
+    with ExitStack() as stack:
+        if folder is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefactory-features-")))
+        size = classifier.backbone.input_size
+        yield FeatureStore(folder, extractor_fingerprint(classifier, size), backbone=classifier.backbone.name,
+                           input_size=size, dim=int(classifier.feature_model.output_shape[-1]), shard=shard)
+
+
+def extract(split: Split, feature_fn, store: FeatureStore, reporter, *, description: str,
+            worker: int = 0, workers: int = 1) -> int:
+    """Run the backbone on the examples of `split` the cache lacks (this worker's share of them,
+    by content hash) and store their features batch by batch; returns how many it extracted."""
+    known = store.known()
+    missing = [p for p, key in enumerate(split.keys) if key not in known]
+    store.hits += len(split) - len(missing)
+    store.misses += len(missing)
+    first = {}  # one position per distinct key: duplicates are extracted once
+    for p in missing:
+        first.setdefault(split.keys[p], p)
+    mine = [p for key, p in first.items() if int(key[:8], 16) % workers == worker]
+    if not mine:
+        return 0
+    task = reporter.start(description, total=len(mine), unit="images")
+    todo = split.subset(mine)
+    done = 0
+    for images, _ in todo.batches(EXTRACT_BATCH):
+        store.put(todo.keys[done:done + len(images)], feature_fn(images))
+        done += len(images)
+        reporter.advance(task, len(images))
+    reporter.finish(task)
+    return len(mine)
+
+
+@dataclass
+class FeatureSplit:
+    """A split's features in a flat float32 file (rows in `labels` order) and its labels."""
+
+    path: Path
+    labels: np.ndarray
+    dim: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def array(self) -> np.ndarray:
+        """All rows in memory: for small consumers (the advisor's probe), not for training."""
+        return np.fromfile(self.path, np.float32).reshape(len(self), self.dim)
+
+    def dataset(self, batch_size: int, *, shuffle_seed: int | None = None, shuffle_buffer: int = 8192):
+        """(features, labels) batches streamed from the file; shuffled through a buffer each epoch
+        (the rows are already in a random order)."""
+        from targets.tf_setup import tf
+
+        rows = tf.data.FixedLengthRecordDataset(str(self.path), self.dim * 4).map(
+            lambda raw: tf.io.decode_raw(raw, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+        data = tf.data.Dataset.zip((rows, tf.data.Dataset.from_tensor_slices(self.labels)))
+        data = data.apply(tf.data.experimental.assert_cardinality(len(self)))
+        if shuffle_seed is not None:
+            data = data.shuffle(min(len(self), shuffle_buffer), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def write_split(split: Split, store: FeatureStore, path: Path, seed: int, chunk: int = 2048) -> FeatureSplit:
+    """Copy `split`'s features from the cache to `path`, rows in a seeded random order."""
+    order = np.random.default_rng(seed).permutation(len(split))
+    with open(path, "wb") as f:
+        for start in range(0, len(order), chunk):
+            store.vectors([split.keys[p] for p in order[start:start + chunk]]).tofile(f)
+    return FeatureSplit(Path(path), split.labels[order], store.dim)

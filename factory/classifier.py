@@ -13,7 +13,7 @@ import numpy as np
 
 from factory.backbones import Backbone
 from factory.specs import TrainingSpec
-from targets.tf_setup import keras
+from targets.tf_setup import keras, tf
 
 INPUT_NAME = "image"
 HEAD_PREFIX = "factory_head_"
@@ -34,8 +34,20 @@ class Classifier:
             and layer.name != "normalize" and not layer.name.startswith(HEAD_PREFIX)
         ]
 
+    def feature_fn(self):
+        """uint8 images -> pooled features (numpy), one compiled call per batch."""
+        return inference_fn(self.feature_model)
+
     def features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return self.feature_model.predict(images, batch_size=batch_size, verbose=0)
+        run = self.feature_fn()
+        return np.concatenate([run(images[start:start + batch_size]) for start in range(0, len(images), batch_size)])
+
+
+def inference_fn(model: keras.Model):
+    """images -> model outputs (numpy), in inference mode; a plain call, so it also runs outside
+    a multi-worker strategy's collective steps (each worker on its own batches)."""
+    call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+    return lambda images: call(images).numpy()
 
 
 def build(backbone: Backbone, num_classes: int, dropout: float = TrainingSpec.dropout) -> Classifier:

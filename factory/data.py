@@ -1,20 +1,27 @@
-"""Datasets: discover, validate, subsample, decode, resize and split.
+"""Datasets: discover, validate, subsample and split a list of examples; decode them on demand.
 
 A source is a folder with one sub-folder per class, or a named source shipped by a package
-(`fashion-mnist` from Debian's dataset-fashion-mnist, `digits` from scikit-learn). Images end
-up as uint8 RGB arrays at the backbone's input size; normalization happens inside the model.
+(`fashion-mnist` from Debian's dataset-fashion-mnist, `digits` from scikit-learn). The data
+stage lists examples (a file path, or a small array a named source keeps), checks each one
+can be decoded, hashes its content, and splits the list; pixels are decoded, resized to the
+backbone's input size (uint8 RGB; normalization happens inside the model) and batched only
+when a consumer reads a split, so memory does not grow with the dataset.
 
 Unreadable images are skipped and reported (`strict=True` fails on the first one instead);
 an empty folder, a class without images or a single class is an error.
 
-A Dataset is what the prepare stage hands on: `class_names`, `sizes()` and three splits, each
-with `labels`, `len()`, `batches(n)` and, today, the decoded `images` array. Evaluation reads
-`batches`; the training loops, the feature cache, calibration, QAT, the advisor, the gradient
-report and the parity check still read `images`, which a streaming source will replace.
+A Split offers:
+  dataset(batch_size, shuffle_seed=, augment=)  a tf.data pipeline (parallel decode, prefetch)
+  batches(batch_size)                           the same, in order, as numpy (images, labels)
+  keys                                          content hashes, one per example (the cache key)
+  load_images(positions) / sample(n, seed)      a decoded array of a few examples
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,25 +31,113 @@ from PIL import Image, UnidentifiedImageError
 from targets.errors import FactoryError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+DECODE_VERSION = "pil-rgb-bilinear-1"  # changes when decoding would give different pixels
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "t-shirt_top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle_boot",
 ]
+CHECK_THREADS = 4
+
+
+def decode(item, size: int) -> np.ndarray:
+    """One example (a path or an array) as uint8 RGB [size, size, 3]."""
+    if isinstance(item, np.ndarray):
+        image = Image.fromarray(item)
+    else:
+        with Image.open(item) as opened:
+            opened.load()
+            image = opened.copy()
+    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def content_key(item) -> str:
+    """sha256 of what decides the example's pixels: the file's bytes, or the array."""
+    if isinstance(item, np.ndarray):
+        digest = hashlib.sha256(repr((item.shape, item.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(item).tobytes())
+        return digest.hexdigest()
+    return hashlib.sha256(Path(item).read_bytes()).hexdigest()
+
+
+def _checked_key(item, size: int) -> str:
+    """The content key of a file that decodes completely (read once; JPEGs decoded at a reduced
+    scale, which still reads every byte); raises one of DECODE_ERRORS otherwise."""
+    if isinstance(item, np.ndarray):
+        return content_key(item)
+    raw = Path(item).read_bytes()
+    with Image.open(io.BytesIO(raw)) as image:
+        image.draft("RGB", (size, size))
+        image.load()
+    return hashlib.sha256(raw).hexdigest()
 
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8 [n, size, size, 3]
+    """Some examples of a source: what they are (`items`), their labels and content keys."""
+
+    items: list  # paths or arrays, decoded on demand
     labels: np.ndarray  # int64 [n]
+    keys: list[str]  # content hash per example
+    input_size: int
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def decode(self, position: int) -> np.ndarray:
+        try:
+            return decode(self.items[position], self.input_size)
+        except DECODE_ERRORS as exc:  # it decoded when listed: the file changed since
+            raise FactoryError(f"unreadable image {self.items[position]} ({exc}); it changed during the build") from exc
+
+    def load_images(self, positions=None) -> np.ndarray:
+        """Decoded uint8 images at `positions` (all when None): for a few examples, not a whole split."""
+        positions = range(len(self)) if positions is None else positions
+        size = self.input_size
+        images = np.empty((len(positions), size, size, 3), np.uint8)
+        with ThreadPoolExecutor(CHECK_THREADS) as pool:
+            for i, image in enumerate(pool.map(self.decode, positions)):
+                images[i] = image
+        return images
+
+    def sample(self, count: int, seed: int) -> np.ndarray:
+        """`count` decoded examples drawn at random (all when there are fewer)."""
+        if len(self) <= count:
+            return self.load_images()
+        return self.load_images(np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False)))
+
+    def subset(self, positions) -> "Split":
+        positions = np.asarray(positions, dtype=np.int64)
+        return Split([self.items[p] for p in positions], self.labels[positions],
+                     [self.keys[p] for p in positions], self.input_size)
+
+    def dataset(self, batch_size: int, *, shuffle_seed: int | None = None, augment=None):
+        """A tf.data pipeline of (uint8 images, labels) batches, decoded in parallel as they are read.
+
+        With `shuffle_seed` the order changes every epoch; `augment` (a Keras layer) is applied
+        to each batch in the pipeline.
+        """
+        from targets.tf_setup import tf
+
+        size = self.input_size
+        positions = tf.data.Dataset.from_tensor_slices((np.arange(len(self)), self.labels))
+        if shuffle_seed is not None:
+            positions = positions.shuffle(len(self), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+        def load(position, label):
+            image = tf.numpy_function(lambda p: self.decode(int(p)), [position], tf.uint8, stateful=False)
+            image.set_shape((size, size, 3))
+            return image, label
+
+        data = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+        if augment is not None:
+            data = data.map(lambda images, labels: (augment(tf.cast(images, tf.float32), training=True), labels))
+        return data.prefetch(tf.data.AUTOTUNE)
+
     def batches(self, batch_size: int):
-        """(images, labels) batches in order."""
-        for start in range(0, len(self), batch_size):
-            yield self.images[start:start + batch_size], self.labels[start:start + batch_size]
+        """(uint8 images, labels) numpy batches in order."""
+        return self.dataset(batch_size).as_numpy_iterator()
 
 
 @dataclass
@@ -54,42 +149,55 @@ class Dataset:
     test: Split
     skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
 
+    @property
+    def input_size(self) -> int:
+        return self.train.input_size
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "validation": len(self.val), "test": len(self.test)}
 
 
-def load(spec, input_size: int) -> Dataset:
-    """Load a DataSpec's source at `input_size`, keep a stratified `limit` of it, and split it
-    train/validation/test."""
+def load(spec, input_size: int, reporter=None) -> Dataset:
+    """List a DataSpec's source, keep a stratified `limit` of it, check and hash each example,
+    and split the list train/validation/test (nothing is decoded and kept)."""
     source, seed = spec.source, spec.seed
     if source in NAMED_SOURCES:
         items, labels, class_names = NAMED_SOURCES[source]()
     else:
         items, labels, class_names = _folder_source(Path(source))
     keep = _stratified_subset(labels, spec.limit, seed)
-    images, kept_labels, skipped = [], [], []
-    for index in keep:
-        try:
-            images.append(_to_rgb_array(items[index], input_size))
+    kept_items, kept_labels, keys, skipped = [], [], [], []
+    task = reporter.start("checking images", total=len(keep), unit="images") if reporter else None
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        checks = pool.map(lambda i: _try(_checked_key, items[i], input_size), keep)
+        for index, (key, error) in zip(keep, checks):
+            if reporter:
+                reporter.advance(task)
+            if error is not None:
+                if spec.strict:
+                    raise FactoryError(f"unreadable image {items[index]} ({error}); remove or replace it") from error
+                skipped.append(f"{items[index]}: {error}")
+                continue
+            kept_items.append(items[index])
             kept_labels.append(labels[index])
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-            if spec.strict:
-                raise FactoryError(f"unreadable image {items[index]} ({exc}); remove or replace it") from exc
-            skipped.append(f"{items[index]}: {exc}")
-    if not images:
+            keys.append(key)
+    if reporter:
+        reporter.finish(task)
+    if not kept_items:
         raise FactoryError(f"--data {source}: no readable images")
-    images_arr = np.stack(images)
     labels_arr = np.asarray(kept_labels, dtype=np.int64)
     _check_class_counts(labels_arr, class_names, source)
+    everything = Split(kept_items, labels_arr, keys, input_size)
     train, val, test = _stratified_split(labels_arr, spec.val_fraction, spec.test_fraction, seed)
-    return Dataset(
-        source=source,
-        class_names=class_names,
-        train=Split(images_arr[train], labels_arr[train]),
-        val=Split(images_arr[val], labels_arr[val]),
-        test=Split(images_arr[test], labels_arr[test]),
-        skipped=skipped,
-    )
+    return Dataset(source=source, class_names=class_names, train=everything.subset(train),
+                   val=everything.subset(val), test=everything.subset(test), skipped=skipped)
+
+
+def _try(function, *args):
+    try:
+        return function(*args), None
+    except DECODE_ERRORS as exc:
+        return None, exc
 
 
 def _folder_source(root: Path):
@@ -154,16 +262,6 @@ NAMED_SOURCES = {
     "fashion-mnist": _fashion_mnist,
     "digits": _digits,
 }
-
-
-def _to_rgb_array(item, size: int) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        image = Image.fromarray(item)
-    else:
-        with Image.open(item) as opened:
-            opened.load()  # decode now so a truncated file fails here, not later
-            image = opened.copy()
-    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def _stratified_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:

@@ -14,9 +14,11 @@ import numpy as np
 from factory.classifier import Classifier, layer_groups
 from targets.tf_setup import keras, tf
 
+BATCH_SIZE = 32
+
 
 def gradient_flow(classifier: Classifier, images: np.ndarray, labels: np.ndarray, *,
-                  batches: int = 3, batch_size: int = 32) -> list[dict]:
+                  batches: int = 3, batch_size: int = BATCH_SIZE) -> list[dict]:
     """[{group, trainable_params, grad_norm}] bottom to top, head last; norms averaged over batches."""
     groups = layer_groups(classifier) + [("head", [classifier.model.get_layer("factory_head_classifier")])]
     weights = classifier.model.trainable_weights

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from factory import backbones, classifier as classifier_lib, data as data_lib, manifest, staging, store, strategies
-from factory.cache import FeatureCache
+from factory import (backbones, cache as cache_lib, classifier as classifier_lib, data as data_lib, distributed,
+                     manifest, staging, store, strategies)
 from factory.progress import Reporter, Silent
 from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
                            weights_fingerprint)
@@ -29,7 +29,6 @@ from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase
 from targets import parity
 from targets.base import QUANTIZATION_AWARE, Artifact, ConversionContext, Mode, Target
-from targets.calibration import calibration_subset
 from targets.errors import FactoryError
 from targets.tf_setup import keras
 
@@ -48,7 +47,7 @@ class Prepared:
 
 def prepare(data: DataSpec, backbone: BackboneSpec = BackboneSpec(), reporter: Reporter = Silent()) -> Prepared:
     resolved = backbones.resolve(backbone)
-    dataset = data_lib.load(data, resolved.input_size)
+    dataset = data_lib.load(data, resolved.input_size, reporter)
     for line in dataset.skipped:
         reporter.note(f"[yellow]skipped unreadable image[/] {line}")
     return Prepared(data, backbone, resolved, dataset)
@@ -76,9 +75,16 @@ class TrainedModel:
         return float(np.mean(self.test_probs.argmax(1) == self.test_labels))
 
 
-def evaluate(model: keras.Model, split, batch_size: int = 64) -> np.ndarray:
+def evaluate(model: keras.Model, split, reporter: Reporter = Silent(), batch_size: int = 64) -> np.ndarray:
     """The model's probabilities on every example of `split`, batch by batch."""
-    return np.concatenate([model.predict_on_batch(images) for images, _ in split.batches(batch_size)])
+    predict = classifier_lib.inference_fn(model)
+    task = reporter.start("evaluating on the test split", total=len(split), unit="images")
+    probs = []
+    for images, _ in split.batches(batch_size):
+        probs.append(predict(images))
+        reporter.advance(task, len(images))
+    reporter.finish(task)
+    return np.concatenate(probs)
 
 
 def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: CacheSpec = CacheSpec(),
@@ -90,38 +96,58 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     """
     keras.utils.set_random_seed(spec.seed)
     data = prepared.data
-    classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
-    features = cache.feature_cache(classifier)
+    cluster = distributed.cluster()
+    with cluster.scope():
+        classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
     start = time.perf_counter()
     advice = None
-    if spec.strategy == "auto":
-        advice = _advice(classifier, data, spec.seed, features, reporter)
-        spec = dataclasses.replace(spec, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
-    fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
-    session = TrainingSession(classifier.model, checkpoint, fingerprint, resume)
-    if session.resumed:
-        reporter.note(f"resuming after {len(session.done)} finished phase(s) from {checkpoint}")
-    phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
+    with cache_lib.open_store(classifier, cache.store_folder, cluster.shard) as features:
+        if spec.strategy == "auto":
+            advice = _advice(classifier, data, spec.seed, features, reporter)
+            spec = dataclasses.replace(spec, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
+        fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
+        session = TrainingSession(classifier.model, checkpoint, fingerprint, resume, writer=cluster.is_chief)
+        if session.resumed:
+            reporter.note(f"resuming after {len(session.done)} finished phase(s) from {checkpoint}")
+        phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
+    if cluster.strategy is not None:
+        classifier = _plain_copy(classifier, prepared, spec)
     seconds = round(time.perf_counter() - start, 2)
     return TrainedModel(
         model=classifier.model, normalization=prepared.backbone.normalization,
-        test_probs=evaluate(classifier.model, data.test), test_labels=data.test.labels, spec=spec,
+        test_probs=evaluate(classifier.model, data.test, reporter), test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
         advice=advice.as_dict() if advice else None, classifier=classifier,
     )
 
 
+def _plain_copy(trained: classifier_lib.Classifier, prepared: Prepared, spec: TrainingSpec):
+    """The classifier rebuilt outside the multi-worker strategy, with the trained weights and
+    trainable flags: what the targets convert."""
+    plain = classifier_lib.build(prepared.backbone, len(prepared.data.class_names), spec.dropout)
+    for copy, layer in zip(plain.model.layers, trained.model.layers):
+        copy.trainable = layer.trainable
+    plain.model.set_weights(trained.model.get_weights())
+    return plain
+
+
 def advise(prepared: Prepared, seed: int, cache: CacheSpec = CacheSpec(), reporter: Reporter = Silent()):
     """The advisor's recommendation for this data (a linear probe on frozen features)."""
     classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
-    return _advice(classifier, prepared.data, seed, cache.feature_cache(classifier), reporter)
+    with cache_lib.open_store(classifier, cache.store_folder) as features:
+        return _advice(classifier, prepared.data, seed, features, reporter)
 
 
-def _advice(classifier, data, seed: int, features: FeatureCache | None, reporter: Reporter):
+def _advice(classifier, data, seed: int, features: cache_lib.FeatureStore, reporter: Reporter):
+    import tempfile
+
     from factory import advisor
+    from factory.strategies.feature_extraction import cached_features
 
-    task = reporter.start("advisor probe (linear head, learning curve)", total=1)
-    advice = advisor.recommend(advisor.probe(classifier, data, seed=seed, features=features))
+    with tempfile.TemporaryDirectory(dir=features.folder, prefix=cache_lib.SCRATCH_PREFIX) as scratch:
+        train, val = cached_features(classifier, data, features, reporter, Path(scratch), seed)
+        task = reporter.start("advisor probe (linear head, learning curve)", total=1)
+        advice = advisor.recommend(advisor.probe(train, val, len(data.class_names), seed=seed))
     reporter.finish(task)
     blocks = f", top {advice.unfreeze_blocks} blocks" if advice.unfreeze_blocks else ""
     reporter.note(f"advisor: {advice.strategy}{blocks} -- " + "; ".join(advice.reasons))
@@ -137,7 +163,9 @@ def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> Train
                         test_labels=prepared.data.test.labels, spec=spec, classifier=classifier)
 
 
-# --- export --------------------------------------------------------------------------------------
+# --- export ---
+
+VERIFY_BATCH = 1024  # test images handed to an artifact's runtime at a time-----------------------------------------------------------------------------------
 
 @dataclass
 class ArtifactReport:
@@ -183,7 +211,7 @@ def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spe
     """What the `plan`'s conversions need: labels, normalization, calibration images if a mode does."""
     calibration = None
     if any(mode.calibration for _, mode in plan):
-        calibration = calibration_subset(prepared.data.train.images, spec.calibration_size, prepared.data_spec.seed)
+        calibration = prepared.data.train.sample(spec.calibration_size, prepared.data_spec.seed)
     return ConversionContext(name=name, labels=prepared.data.class_names, normalization=trained.normalization,
                              calibration=calibration)
 
@@ -218,7 +246,8 @@ def verify(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode
            spec: ExportSpec) -> ArtifactReport:
     """Run the artifact in its own runtime on the whole test split and compare it with Keras."""
     test = prepared.data.test
-    report = parity.compare(trained.test_probs, target.predict(artifact, test.images), test.labels)
+    probs = np.concatenate([target.predict(artifact, images) for images, _ in test.batches(VERIFY_BATCH)])
+    report = parity.compare(trained.test_probs, probs, test.labels)
     return ArtifactReport(artifact, mode, **report, min_agreement=spec.threshold(mode),
                           description=target.describe(artifact))
 
@@ -276,7 +305,10 @@ class BuildResult:
     release: Path | None = None  # where it was published, if it was
 
 
-def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult:
+def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
+    """Every stage in order. In a multi-worker build (TF_CONFIG) every worker trains; only the
+    chief exports, writes `out` and publishes, and the other workers return None."""
+    cluster = distributed.cluster()  # before any other TensorFlow op
     out = Path(spec.out)
     if spec.publish:
         check_publish(spec.publish)
@@ -286,6 +318,8 @@ def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult:
     trained = train(prepared, spec.training, cache=spec.cache, reporter=reporter, checkpoint=spec.checkpoint_dir,
                     resume=spec.resume)
     train_seconds = round(time.perf_counter() - start, 2)  # data, backbone and training: what a user waits for
+    if not cluster.is_chief:
+        return None
     with staging.staged(out) as folder:
         reports = export(trained, prepared, spec.export, folder, name=out.resolve().name or "model", reporter=reporter)
         (folder / "labels.txt").write_text("\n".join(prepared.data.class_names) + "\n")

@@ -111,11 +111,11 @@ def warm_up_ranges(quantized: keras.Model, images: np.ndarray, *, decay: float =
 
 def train(model: keras.Model, train_split, val_split, calibration: np.ndarray, *, epochs: int,
           learning_rate: float, batch_size: int) -> keras.Model:
-    """A quantization-aware copy of `model`, trained `epochs` on `train_split` (images, labels)."""
+    """A quantization-aware copy of `model`, trained `epochs` on `train_split` (a data.Split)."""
     quantized = quantization_aware_model(model)
     warm_up_ranges(quantized, calibration)
     quantized.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    quantized.fit(train_split.images, train_split.labels, validation_data=(val_split.images, val_split.labels),
-                  epochs=epochs, batch_size=batch_size, verbose=0)
+    quantized.fit(train_split.dataset(batch_size, shuffle_seed=0), validation_data=val_split.dataset(batch_size),
+                  epochs=epochs, verbose=0)
     return quantized
 

@@ -167,11 +167,10 @@ class CacheSpec:
         root = self.folder or Path(os.environ.get("EDGEFACTORY_CACHE", Path.home() / ".cache" / "edgefactory"))
         return Path(root) / "features"
 
-    def feature_cache(self, classifier):
-        """The on-disk cache of `classifier`'s frozen-backbone features; None when disabled."""
-        from factory.cache import FeatureCache
-
-        return FeatureCache(classifier, self.features_folder) if self.enabled else None
+    @property
+    def store_folder(self) -> Path | None:
+        """Where frozen-backbone features are kept (factory.cache); None when the cache is off."""
+        return self.features_folder if self.enabled else None
 
 
 @dataclass(frozen=True)

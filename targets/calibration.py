@@ -1,13 +1,8 @@
-"""Calibration data for full-integer conversions: a representative subset of training images."""
+"""Calibration data for full-integer conversions: a representative subset of training images
+(drawn by the data stage) fed to the converter one by one."""
 from __future__ import annotations
 
 import numpy as np
-
-
-def calibration_subset(images: np.ndarray, size: int, seed: int) -> np.ndarray:
-    if len(images) <= size:
-        return images
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))]
 
 
 def representative_dataset(images: np.ndarray):

@@ -82,7 +82,7 @@ def test_tflite_artifact_runs_on_raw_pixels(fashion_build):
 
     out, manifest, _ = fashion_build
     test = data.load(DataSpec("fashion-mnist", limit=3000), 96).test
-    probs = run_interpreter(out / "model_float32.tflite", test.images[:64])
+    probs = run_interpreter(out / "model_float32.tflite", test.load_images()[:64])
     assert probs.shape == (64, 10)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
     assert np.mean(probs.argmax(1) == test.labels[:64]) > 0.7
@@ -134,8 +134,9 @@ def test_hub_backbone_from_a_saved_model(tmp_path):
     features = keras.layers.Dense(64, activation="relu")(x)
     trained = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(features))
     trained.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    trained.fit(digits.train.images / 255.0, digits.train.labels, epochs=5, verbose=0)
-    assert trained.evaluate(digits.test.images / 255.0, digits.test.labels, verbose=0)[1] > 0.9
+    trained.fit(digits.train.load_images() / 255.0, digits.train.labels, epochs=5, verbose=0)
+    test_images = digits.test.load_images()
+    assert trained.evaluate(test_images / 255.0, digits.test.labels, verbose=0)[1] > 0.9
     feature_model = keras.Model(inputs, features)
     saved = tmp_path / "digits_features"
     tf.saved_model.save(feature_model, str(saved))
@@ -144,7 +145,7 @@ def test_hub_backbone_from_a_saved_model(tmp_path):
 
     loaded = classifier.build(backbones.resolve(BackboneSpec(f"hub:{saved}", 32)), 10)
     np.testing.assert_allclose(
-        loaded.features(digits.test.images), feature_model.predict(digits.test.images / 255.0, verbose=0),
+        loaded.features(test_images), feature_model.predict(test_images / 255.0, verbose=0),
         rtol=1e-4, atol=1e-4,
     )
 

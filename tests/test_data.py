@@ -11,9 +11,10 @@ def test_folder_source_decodes_every_format_to_rgb_at_input_size(image_folder):
     assert dataset.class_names == ["blue", "red"]
     assert sum(dataset.sizes().values()) == 20
     for split in (dataset.train, dataset.val, dataset.test):
-        assert split.images.shape[1:] == (32, 32, 3) and split.images.dtype == np.uint8
+        images = split.load_images()
+        assert images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8
     # red images are red, blue (some stored as grayscale) are not
-    red = dataset.train.images[dataset.train.labels == 1]
+    red = dataset.train.load_images()[dataset.train.labels == 1]
     assert red[..., 0].mean() > red[..., 2].mean() + 100
 
 
@@ -21,8 +22,8 @@ def test_split_is_stratified_disjoint_and_deterministic():
     a = data.load(DataSpec("digits", seed=3), 16)
     b = data.load(DataSpec("digits", seed=3), 16)
     c = data.load(DataSpec("digits", seed=4), 16)
-    assert np.array_equal(a.test.images, b.test.images)
-    assert not np.array_equal(a.test.images, c.test.images)
+    assert np.array_equal(a.test.load_images(), b.test.load_images())
+    assert not np.array_equal(a.test.load_images(), c.test.load_images())
     assert a.sizes() == {"train": 1259, "validation": 179, "test": 359}
     for split in (a.train, a.val, a.test):
         counts = np.bincount(split.labels, minlength=10)
@@ -34,7 +35,7 @@ def test_limit_keeps_class_balance_of_fashion_mnist():
     assert sum(dataset.sizes().values()) == 500
     assert dataset.class_names[0] == "t-shirt_top" and len(dataset.class_names) == 10
     assert set(np.bincount(dataset.train.labels)) == {35}
-    assert dataset.train.images.shape[1:] == (32, 32, 3)
+    assert dataset.train.load_images().shape[1:] == (32, 32, 3)
 
 
 def test_corrupt_image_is_skipped_and_reported(image_folder):

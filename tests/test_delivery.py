@@ -184,11 +184,12 @@ def test_browser_demo_predicts_like_keras(served, built, tmp_path, backend):
 
     root, url, port = served
     test = built.prepared.data.test
-    probs = built.trained.model.predict(test.images, verbose=0)
+    images = test.load_images()
+    probs = built.trained.model.predict(images, verbose=0)
     index = int(np.argmax(probs.max(1)))  # a confident image: backends may differ on near-ties
     expected = built.prepared.data.class_names[int(probs[index].argmax())]
     image_path = tmp_path / "digit.png"
-    Image.fromarray(test.images[index]).save(image_path)
+    Image.fromarray(images[index]).save(image_path)
     screenshot = Path(os.environ.get("DEMO_SCREENSHOT_DIR", tmp_path)) / f"demo-{backend}.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM or "/usr/bin/chromium", args=[

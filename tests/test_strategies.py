@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from factory import backbones, classifier
+from factory import backbones, cache, classifier
 from factory.classifier import is_batch_norm
 from factory import strategies
 from factory.progress import Silent
@@ -18,7 +18,7 @@ def changed(before, layer):
 
 
 def accuracy(model, split):
-    return float(np.mean(model.model.predict(split.images, verbose=0).argmax(1) == split.labels))
+    return float(np.mean(model.model.predict(split.load_images(), verbose=0).argmax(1) == split.labels))
 
 
 def train(strategy, data, **overrides):
@@ -26,7 +26,8 @@ def train(strategy, data, **overrides):
     spec = TrainingSpec(strategy=strategy, **settings)
     model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), len(data.class_names))
     before = snapshot(model.model.layers)
-    phases = strategies.get(strategy)(model, data, spec, Silent(), TrainingSession(model.model))
+    with cache.open_store(model, None) as store:  # a private feature store, deleted afterwards
+        phases = strategies.get(strategy)(model, data, spec, Silent(), TrainingSession(model.model), store)
     return model, before, phases
 
 

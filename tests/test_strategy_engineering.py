@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from factory import advisor, backbones, classifier
-from factory.cache import FeatureCache
 from factory.classifier import is_batch_norm, layer_groups, unfreeze_top_blocks
 from factory.gradient_flow import gradient_flow
 from factory.specs import BackboneSpec
@@ -21,26 +20,6 @@ from factory.specs import BackboneSpec
 def lite0_32():
     """A fresh EfficientNet-Lite0 classifier per test: tests freeze and unfreeze its layers."""
     return classifier.build(backbones.resolve(BackboneSpec(input_size=32)), 10)
-
-
-def test_feature_cache_is_reused_and_invalidated(lite0_32, tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    cache = FeatureCache(lite0_32, tmp_path)
-    first = cache.features(images)
-    second = cache.features(images)
-    assert (cache.misses, cache.hits) == (1, 1)
-    np.testing.assert_array_equal(first, second)
-    np.testing.assert_allclose(first, lite0_32.features(images), rtol=1e-5, atol=1e-5)
-    changed = images.copy()
-    changed[3, 0, 0, 0] ^= 1  # one pixel of one image
-    cache.features(changed)
-    assert cache.misses == 2
-    other_weights = classifier.build(backbones.resolve(BackboneSpec(input_size=32)), 10)
-    layer = other_weights.model.get_layer("top_conv")
-    layer.set_weights([w * 1.01 for w in layer.get_weights()])
-    other = FeatureCache(other_weights, tmp_path)
-    other.features(images)
-    assert other.misses == 1 and len(list(tmp_path.glob("*.npy"))) == 3
 
 
 def test_blocks_are_stem_numbered_blocks_and_top(lite0_32):
@@ -56,7 +35,7 @@ def test_blocks_are_stem_numbered_blocks_and_top(lite0_32):
 def test_gradient_flow_reports_only_unfrozen_blocks(fashion_small):
     model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
     unfreeze_top_blocks(model, 2)
-    rows = gradient_flow(model, fashion_small.train.images, fashion_small.train.labels, batches=1)
+    rows = gradient_flow(model, fashion_small.train.load_images(), fashion_small.train.labels, batches=1)
     by_group = {r["group"]: r for r in rows}
     assert by_group["block15"]["grad_norm"] > 0 and by_group["top"]["grad_norm"] > 0
     assert by_group["head"]["grad_norm"] > 0
@@ -72,9 +51,15 @@ def test_advisor_rules():
     assert advisor.recommend({**base, "gain_last_half": 0.0}).strategy == "feature-extraction"
 
 
-def test_advisor_probe_learning_curve_on_real_data(fashion_small):
+def test_advisor_probe_learning_curve_on_real_data(fashion_small, tmp_path):
+    from factory import cache
+    from factory.progress import Silent
+    from factory.strategies.feature_extraction import cached_features
+
     model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
-    evidence = advisor.probe(model, fashion_small, seed=0)
+    with cache.open_store(model, tmp_path / "cache") as store:
+        train, val = cached_features(model, fashion_small, store, Silent(), tmp_path, seed=0)
+        evidence = advisor.probe(train, val, 10, seed=0)
     assert list(evidence["learning_curve"]) == ["25%", "50%", "100%"]
     assert evidence["probe_accuracy"] > 0.5 and evidence["images_per_class_min"] == 42
     assert advisor.recommend(evidence).reasons

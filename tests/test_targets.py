@@ -11,7 +11,6 @@ from factory import quantization_aware
 from factory.quantization_aware import quantization_aware_model
 from targets import parity, registry, tflite, tflite_metadata
 from targets.base import ConversionContext
-from targets.calibration import calibration_subset
 from targets.errors import FactoryError
 from targets.tf_setup import keras
 from targets.tfjs import node_ready
@@ -43,12 +42,12 @@ def digits_model():
     outputs = keras.layers.Dense(10, activation="softmax", name="classifier")(x)
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits.train.images, digits.train.labels, epochs=15, batch_size=32, verbose=0)
+    model.fit(digits.train.load_images(), digits.train.labels, epochs=15, batch_size=32, verbose=0)
     model.get_layer("conv1").trainable = False
-    probs = model.predict(digits.test.images, verbose=0)
+    probs = model.predict(digits.test.load_images(), verbose=0)
     assert np.mean(probs.argmax(1) == digits.test.labels) > 0.8
     context = ConversionContext(name="digits", labels=digits.class_names, normalization=NORMALIZATION,
-                                calibration=calibration_subset(digits.train.images, 100, seed=0))
+                                calibration=digits.train.sample(100, seed=0))
     return model, digits, probs, context
 
 
@@ -66,7 +65,7 @@ def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
     model, digits, keras_probs, context = digits_model
     target = REGISTRY["tflite"]
     artifact = target.convert(model_for(mode, digits_model), mode, tmp_path, context)
-    report = parity.compare(keras_probs, target.predict(artifact, digits.test.images), digits.test.labels)
+    report = parity.compare(keras_probs, target.predict(artifact, digits.test.load_images()), digits.test.labels)
     parity.gate(mode, report, target.mode(mode).min_agreement)  # raises below the default threshold
     assert report["accuracy"] > 0.75
     types = target.describe(artifact)["tensor_types"]
@@ -129,7 +128,7 @@ MEDIAPIPE_PYTHON = os.path.join(os.path.dirname(__file__), "..", ".venv-mediapip
 def test_artifact_works_as_is_in_mediapipe_image_classifier(digits_model, tmp_path, mode):
     model, digits, keras_probs, context = digits_model
     path = REGISTRY["tflite"].convert(model, mode, tmp_path, context).path
-    images = digits.test.images[:40]
+    images = digits.test.load_images()[:40]
     np.save(tmp_path / "images.npy", images)
     script = tmp_path / "classify.py"
     script.write_text(
@@ -161,7 +160,7 @@ def test_tfjs_mode_runs_in_node_and_agrees(digits_model, tmp_path, mode):
     model, digits, keras_probs, context = digits_model
     target = REGISTRY["tfjs"]
     artifact = target.convert(model, mode, tmp_path, context)
-    report = parity.compare(keras_probs, target.predict(artifact, digits.test.images), digits.test.labels)
+    report = parity.compare(keras_probs, target.predict(artifact, digits.test.load_images()), digits.test.labels)
     assert report["agreement"] >= (0.99 if mode != "uint8" else 0.9)
     stored = target.describe(artifact)["weight_types"]
     assert (mode in stored) if mode != "float32" else stored == ["float32"]

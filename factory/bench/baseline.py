@@ -54,10 +54,10 @@ def run(handle: str, spec, out_dir: str, reporter) -> dict:
         ])
         model.compile(keras.optimizers.Adam(training.learning_rate), "sparse_categorical_crossentropy",
                       metrics=["accuracy"])
-        train = (tf.data.Dataset.from_tensor_slices((data.train.images, data.train.labels))
-                 .shuffle(len(data.train), seed=training.seed).batch(training.batch_size).prefetch(2))
-        model.fit(train, validation_data=(data.val.images, data.val.labels), epochs=training.epochs, verbose=0,
-                  callbacks=[ProgressCallback(reporter, "baseline fit", training.epochs, len(train))])
+        model.fit(data.train.dataset(training.batch_size, shuffle_seed=training.seed),
+                  validation_data=data.val.dataset(training.batch_size), epochs=training.epochs, verbose=0,
+                  callbacks=[ProgressCallback(reporter, "baseline fit", training.epochs, len(data.train),
+                                              training.batch_size)])
         train_seconds = time.perf_counter() - start
     trained = pipeline.TrainedModel(model, UNIT_RANGE, pipeline.evaluate(model, data.test), data.test.labels,
                                     spec=training)

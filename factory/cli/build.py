@@ -55,7 +55,9 @@ def build(
                                            "fine-tuning)."),
     class_weights: bool = typer.Option(TRAINING.class_weights, help="Balanced class weights when classes are "
                                        "imbalanced."),
-    cache: bool = typer.Option(CacheSpec.enabled, help="Cache frozen-backbone features on disk ($EDGEFACTORY_CACHE)."),
+    cache: bool = typer.Option(CacheSpec.enabled, help="Cache frozen-backbone features on disk, per image."),
+    cache_dir: Optional[Path] = typer.Option(None, help="The feature cache's folder (default: $EDGEFACTORY_CACHE, "
+                                             "else ~/.cache/edgefactory); shared by the workers of a cluster."),
     resume: bool = typer.Option(BuildSpec.resume, help="Continue an interrupted build from its last completed epoch."),
     target: List[str] = typer.Option(list(EXPORT.targets), metavar="TARGET", help="Deployment target: "
                                      f"{', '.join(registry.names())}; repeat for several."),
@@ -104,7 +106,7 @@ def build(
             targets=tuple(target), quantize=tuple(quantize), min_agreement=min_agreement,
             calibration_size=calibration_size, int8_io=int8_io, qat_epochs=qat_epochs, latency_runs=latency_runs),
         publish=PublishSpec(publish, model_name or out.resolve().name, version, sign_key) if publish else None,
-        cache=CacheSpec(enabled=cache),
+        cache=CacheSpec(enabled=cache, folder=cache_dir),
         resume=resume,
     )
     from factory import pipeline
@@ -112,6 +114,9 @@ def build(
 
     with Reporter(enabled=not quiet) as reporter:
         result = pipeline.build(spec, reporter)
+    if result is None:
+        console.print("training done on this worker; the chief (worker 0) writes --out")
+        return
     _print_summary(result.manifest, result.out)
     if result.release:
         console.print(f"published: {result.release}")
@@ -212,8 +217,8 @@ def inspect(
     prepared = pipeline.prepare(data_spec, backbone_spec)
     trained = pipeline.train(prepared, TrainingSpec(seed=seed))  # feature extraction: the head first
     unfreeze_top_blocks(trained.classifier, unfreeze_blocks)
-    train_split = prepared.data.train
-    rows = gradient_flow.gradient_flow(trained.classifier, train_split.images, train_split.labels, batches=batches)
+    first = prepared.data.train.subset(range(min(len(prepared.data.train), batches * gradient_flow.BATCH_SIZE)))
+    rows = gradient_flow.gradient_flow(trained.classifier, first.load_images(), first.labels, batches=batches)
     table = Table(title=f"gradient norm per block, top {unfreeze_blocks} blocks unfrozen (after head training)")
     for column in ("block", "trainable params", "gradient norm"):
         table.add_column(column, justify="left" if column == "block" else "right")

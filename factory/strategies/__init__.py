@@ -1,6 +1,6 @@
 """Training strategies, by the name used on the command line (`--strategy`).
 
-Each module has `train(classifier, data, spec, reporter, session, features) -> [Phase]`. A new
+Each module has `train(classifier, data, spec, reporter, session, store) -> [Phase]`. A new
 strategy is one module plus one line here (modules are imported when used, so the names can be
 checked before TensorFlow starts).
 """

@@ -1,12 +1,17 @@
 """Feature extraction: the backbone stays frozen; only a new head is trained.
 
-The frozen backbone is a fixed function, so it runs once per image and the head trains on
-those features (kept in an on-disk cache, see factory.cache): the same result as training
-the whole frozen graph, at a fraction of the cost. The exported model is still one graph.
+The frozen backbone is a fixed function, so it runs once per image: its features go to the
+per-image cache (factory.cache), only images the cache lacks are extracted (split between
+the workers of a multi-worker build), and the head trains on the features streamed back
+from disk. The same result as training the whole frozen graph, at a fraction of the cost;
+the exported model is still one graph.
 """
 from __future__ import annotations
 
-from factory.cache import FeatureCache
+import tempfile
+from pathlib import Path
+
+from factory import cache, distributed
 from factory.classifier import Classifier, freeze_backbone
 from factory.data import Dataset
 from factory.specs import TrainingSpec
@@ -14,33 +19,52 @@ from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase, balanced_class_weights, fit
 
 
+def cached_features(classifier: Classifier, data: Dataset, store: cache.FeatureStore, reporter, folder: Path,
+                    seed: int) -> tuple[cache.FeatureSplit, cache.FeatureSplit]:
+    """The train and validation features as flat files in `folder`, extracting what the cache lacks."""
+    cluster = distributed.cluster()
+    feature_fn = classifier.feature_fn()
+    splits = (("train", data.train), ("validation", data.val))
+    extracted = sum(cache.extract(split, feature_fn, store, reporter, description=f"backbone features: {name}",
+                                  worker=cluster.index, workers=cluster.workers) for name, split in splits)
+    cached = store.hits
+    if cluster.workers > 1:
+        cluster.barrier()  # every worker's share is in the cache, if its folder is shared
+        behind = sum(cache.extract(split, feature_fn, store, reporter, description=f"backbone features: {name} "
+                                   "(other workers' share: is --cache-dir shared?)") for name, split in splits)
+        extracted += behind
+    total = len(data.train) + len(data.val)
+    reporter.note(f"feature cache: {cached:,} of {total:,} images were cached, "
+                  f"{extracted:,} extracted by this process ({store.folder})")
+    return (cache.write_split(data.train, store, folder / "train.f32", seed),
+            cache.write_split(data.val, store, folder / "val.f32", seed + 1))
+
+
 def train_head(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
-               features: FeatureCache | None) -> Phase:
+               store: cache.FeatureStore) -> Phase:
     def run(backup_dir):
-        task = reporter.start("backbone features (cached)" if features else "backbone features", total=2)
-        extracted = {}
-        for name, split in (("train", data.train), ("val", data.val)):
-            extracted[name] = features.features(split.images) if features else classifier.features(split.images)
-            reporter.advance(task)
-        reporter.finish(task)
-        if features:
-            reporter.note(f"feature cache: {features.hits} hit(s), {features.misses} miss(es) in {features.folder}")
-        return fit(
-            classifier.head,
-            extracted["train"], data.train.labels,
-            (extracted["val"], data.val.labels),
-            name="head",
-            epochs=spec.epochs,
-            learning_rate=spec.learning_rate,
-            batch_size=spec.batch_size,
-            patience=spec.patience,
-            reporter=reporter,
-            class_weight=class_weights(data, spec),
-            seed=spec.seed,
-            backup_dir=backup_dir,
-        )
+        with tempfile.TemporaryDirectory(dir=store.folder, prefix=cache.SCRATCH_PREFIX) as scratch:
+            train, val = cached_features(classifier, data, store, reporter, Path(scratch), spec.seed)
+            batch = global_batch(spec)
+            return fit(
+                classifier.head,
+                train.dataset(batch, shuffle_seed=spec.seed), val.dataset(batch),
+                examples=len(train),
+                name="head",
+                epochs=spec.epochs,
+                learning_rate=spec.learning_rate,
+                global_batch=batch,
+                patience=spec.patience,
+                reporter=reporter,
+                class_weight=class_weights(data, spec),
+                backup_dir=backup_dir,
+            )
 
     return session.run("head", run)
+
+
+def global_batch(spec: TrainingSpec) -> int:
+    return spec.batch_size * distributed.cluster().workers
 
 
 def class_weights(data: Dataset, spec: TrainingSpec):
@@ -48,6 +72,6 @@ def class_weights(data: Dataset, spec: TrainingSpec):
 
 
 def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
-          features: FeatureCache | None = None) -> list[Phase]:
+          store: cache.FeatureStore) -> list[Phase]:
     freeze_backbone(classifier)
-    return [train_head(classifier, data, spec, reporter, session, features)]
+    return [train_head(classifier, data, spec, reporter, session, store)]

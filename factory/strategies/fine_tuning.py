@@ -3,43 +3,44 @@
 Phase 1 is feature extraction (a random head's large gradients would wreck the pretrained
 features). Phase 2 unfreezes the top `--unfreeze-blocks K` blocks, or the top `--unfreeze N`
 weighted layers (all: every one), keeps every BatchNorm frozen and in inference mode, trains
-at `fine_tune_learning_rate` (default: a tenth of the head's) on augmented images, with early
+at `fine_tune_learning_rate` (default: a tenth of the head's) on augmented images streamed
+from the data stage, with early
 stopping that restores the best weights. `--gradual` unfreezes one more block per stage for
 as long as the validation loss improves, and keeps the best stage.
 """
 from __future__ import annotations
 
-from factory.cache import FeatureCache
+from factory.cache import FeatureStore
 from factory.classifier import Classifier, layer_groups, unfreeze_top, unfreeze_top_blocks
 from factory.data import Dataset
 from factory.specs import TrainingSpec
 from factory.strategies import feature_extraction
 from factory.strategies.session import TrainingSession
-from factory.strategies.training import Phase, fit
+from factory.strategies.training import Phase, augmenter, fit
 from targets.errors import FactoryError
 
 
 def _fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name) -> Phase:
+    batch = feature_extraction.global_batch(spec)
+    augment = augmenter(spec.seed) if spec.augments else None
     return session.run(name, lambda backup_dir: fit(
         classifier.model,
-        data.train.images, data.train.labels,
-        (data.val.images, data.val.labels),
+        data.train.dataset(batch, shuffle_seed=spec.seed, augment=augment), data.val.dataset(batch),
+        examples=len(data.train),
         name=name,
         epochs=spec.fine_tune_epochs,
         learning_rate=spec.backbone_learning_rate,
-        batch_size=spec.batch_size,
+        global_batch=batch,
         patience=spec.patience,
         reporter=reporter,
         class_weight=feature_extraction.class_weights(data, spec),
-        augment=spec.augments,
-        seed=spec.seed,
         backup_dir=backup_dir,
     ))
 
 
 def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
-          features: FeatureCache | None = None) -> list[Phase]:
-    phases = feature_extraction.train(classifier, data, spec, reporter, session, features)
+          store: FeatureStore) -> list[Phase]:
+    phases = feature_extraction.train(classifier, data, spec, reporter, session, store)
     if spec.gradual:
         return phases + _gradual(classifier, data, spec, reporter, session, phases[-1])
     if spec.unfreeze_blocks is not None:

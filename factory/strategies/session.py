@@ -20,9 +20,12 @@ STATE = "state.json"
 
 
 class TrainingSession:
-    def __init__(self, model, folder: Path | None = None, fingerprint: str = "", resume: bool = False):
-        """`fingerprint`: what must match to resume (see factory.specs.weights_fingerprint)."""
-        self.model, self.folder, self.fingerprint = model, folder, fingerprint
+    def __init__(self, model, folder: Path | None = None, fingerprint: str = "", resume: bool = False,
+                 writer: bool = True):
+        """`fingerprint`: what must match to resume (see factory.specs.weights_fingerprint).
+        `writer`: this process saves the checkpoint (only the chief of a multi-worker build does;
+        the others read it on --resume)."""
+        self.model, self.folder, self.fingerprint, self.writer = model, folder, fingerprint, writer
         self.done: list[Phase] = []
         self.snapshots: list[list] = []  # weights after each phase, for reverting a stage
         self.resumed = False
@@ -44,9 +47,10 @@ class TrainingSession:
             self.done = phases
             if self.done:
                 self.model.load_weights(str(folder / "weights" / "after_phase"))
-            staging.record_owner(folder)  # this process owns the checkpoint now (see `factory store gc`)
+            if writer:
+                staging.record_owner(folder)  # this process owns the checkpoint now (see `factory store gc`)
             self.resumed = True
-        elif not resume and folder.exists():
+        elif not resume and folder.exists() and writer:
             shutil.rmtree(folder)
 
     def run(self, name: str, train: Callable[[Path | None], Phase]) -> Phase:
@@ -70,7 +74,7 @@ class TrainingSession:
         self.model.set_weights(self.snapshots[-1])
 
     def _save(self) -> None:
-        if self.folder is None:
+        if self.folder is None or not self.writer:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         staging.record_owner(self.folder)  # `factory store gc --builds` leaves it alone while this process lives

@@ -1,5 +1,6 @@
 """The one training loop every strategy uses: Adam, early stopping with the best weights
-restored, optional augmentation and class weights, and a per-epoch backup for --resume."""
+restored, class weights, a per-epoch backup for --resume, and (under TF_CONFIG) the
+multi-worker strategy; the caller hands it tf.data pipelines (augmentation included)."""
 from __future__ import annotations
 
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from factory import distributed
 from targets.tf_setup import keras, tf
 
 
@@ -25,19 +27,19 @@ class Phase:
 
 
 class ProgressCallback(keras.callbacks.Callback):
-    """Feeds a progress reporter batch by batch (see factory.progress)."""
+    """Feeds a progress reporter batch by batch, counting images (see factory.progress)."""
 
-    def __init__(self, reporter, description: str, epochs: int, steps_per_epoch: int):
+    def __init__(self, reporter, description: str, epochs: int, examples: int, global_batch: int):
         super().__init__()
         self.reporter, self.description = reporter, description
-        self.epochs, self.steps = epochs, steps_per_epoch
+        self.epochs, self.examples, self.global_batch = epochs, examples, global_batch
         self.task = None
 
     def on_train_begin(self, logs=None):
-        self.task = self.reporter.start(self.description, total=self.epochs * self.steps)
+        self.task = self.reporter.start(self.description, total=self.epochs * self.examples, unit="images")
 
     def on_train_batch_end(self, batch, logs=None):
-        self.reporter.advance(self.task)
+        self.reporter.advance(self.task, self.global_batch)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -45,7 +47,7 @@ class ProgressCallback(keras.callbacks.Callback):
             self.task,
             f"{self.description} epoch {epoch + 1}/{self.epochs}: "
             f"loss {logs.get('loss', 0):.3f} val_acc {logs.get('val_accuracy', 0):.3f}",
-            completed=(epoch + 1) * self.steps,
+            completed=(epoch + 1) * self.examples,
         )
 
     def on_train_end(self, logs=None):
@@ -70,43 +72,50 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {c: float(len(labels) / (num_classes * counts[c])) for c in range(num_classes)}
 
 
+def distributable(data, cluster):
+    """Each worker reads its share of the batches (the DATA policy; the default warns on such pipelines)."""
+    if cluster.strategy is None:
+        return data
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.with_options(options)
+
+
 def fit(
     model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray],
+    train,
+    validation,
     *,
+    examples: int,
     name: str,
     epochs: int,
     learning_rate: float,
-    batch_size: int,
+    global_batch: int,
     patience: int,
     reporter,
     class_weight: dict | None = None,
-    augment: bool = False,
-    seed: int,
     backup_dir: Path | None = None,
 ) -> Phase:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    steps = int(np.ceil(len(x) / batch_size))
-    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size)
-    if augment:
-        layers = augmenter(seed)
-        data = data.map(lambda images, labels: (layers(tf.cast(images, tf.float32), training=True), labels))
+    """Train on `train` (a shuffled tf.data pipeline of `examples` examples in batches of
+    `global_batch`) with early stopping on `validation`; under a multi-worker strategy each
+    worker runs 1/workers of the steps."""
+    cluster = distributed.cluster()
+    with cluster.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-        ProgressCallback(reporter, name, epochs, steps),
+        ProgressCallback(reporter, name, epochs, examples, global_batch),
     ]
     if backup_dir is not None:  # model + optimizer + epoch after every epoch; removed on success
         callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup_dir)))
     start = time.perf_counter()
     history = model.fit(
-        data.prefetch(2), validation_data=validation, epochs=epochs, class_weight=class_weight, verbose=0,
-        callbacks=callbacks,
+        distributable(train, cluster), validation_data=distributable(validation, cluster), epochs=epochs,
+        class_weight=class_weight, verbose=0, callbacks=callbacks,
     )
     val_loss = history.history["val_loss"]
     best = int(np.argmin(val_loss))
