@@ -16,21 +16,23 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory import backbones, classifier, data as data_lib  # noqa: E402
-from factory.cache import FeatureCache  # noqa: E402
+from factory import backbones, cache, classifier, data as data_lib  # noqa: E402
+from factory.progress import Silent  # noqa: E402
 from factory.specs import BackboneSpec, DataSpec  # noqa: E402
+from factory.strategies.feature_extraction import cached_features  # noqa: E402
 from targets.tf_setup import keras  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cache_speed.json"
 
 
 def accuracy(model, split) -> float:
-    return float(np.mean(model.predict(split.images, batch_size=64, verbose=0).argmax(1) == split.labels))
+    probs = np.concatenate([model.predict_on_batch(images) for images, _ in split.batches(64)])
+    return float(np.mean(probs.argmax(1) == split.labels))
 
 
-def fit(model, x, y, validation, epochs):
+def fit(model, train, validation, epochs):
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, validation_data=validation, epochs=epochs, batch_size=32, shuffle=True, verbose=0)
+    model.fit(train, validation_data=validation, epochs=epochs, verbose=0)
 
 
 def main():
@@ -46,21 +48,19 @@ def main():
     keras.utils.set_random_seed(0)
     plain = classifier.build(backbone, len(data.class_names))
     start = time.perf_counter()
-    fit(plain.model, data.train.images, data.train.labels, (data.val.images, data.val.labels), args.epochs)
+    fit(plain.model, data.train.dataset(32, shuffle_seed=0), data.val.dataset(32), args.epochs)
     plain_seconds = time.perf_counter() - start
 
     # B: warm cache (filled once beforehand, as a second build on the same data finds it).
     keras.utils.set_random_seed(0)
     cached = classifier.build(backbone, len(data.class_names))
-    with tempfile.TemporaryDirectory() as folder:
-        FeatureCache(cached, folder).features(data.train.images)
-        FeatureCache(cached, folder).features(data.val.images)
+    with tempfile.TemporaryDirectory() as folder, cache.open_store(cached, Path(folder) / "features") as store:
+        cached_features(data, store, Silent(), Path(folder), seed=0)
         start = time.perf_counter()
-        cache = FeatureCache(cached, folder)
-        train_x, val_x = cache.features(data.train.images), cache.features(data.val.images)
-        fit(cached.head, train_x, data.train.labels, (val_x, data.val.labels), args.epochs)
+        train, val = cached_features(data, store, Silent(), Path(folder), seed=0)
+        fit(cached.head, train.dataset(32, shuffle_seed=0), val.dataset(32), args.epochs)
         cached_seconds = time.perf_counter() - start
-        assert cache.hits == 2 and cache.misses == 0
+        assert store.extracted == len(set(data.train.keys) | set(data.val.keys))  # all in the first call
 
     result = {
         "what": "feature extraction: frozen backbone every epoch vs warm feature cache",

@@ -36,7 +36,7 @@ KEYS_PER_QUERY = 500  # SQLite's default limit on bound parameters is 999
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS features (
     extractor TEXT NOT NULL, key TEXT NOT NULL, vector BLOB NOT NULL, used REAL NOT NULL,
-    PRIMARY KEY (extractor, key)) WITHOUT ROWID;
+    PRIMARY KEY (extractor, key));
 CREATE TABLE IF NOT EXISTS extractors (
     extractor TEXT PRIMARY KEY, backbone TEXT NOT NULL, input_size INTEGER NOT NULL, dim INTEGER NOT NULL);
 """
@@ -68,15 +68,18 @@ def shard_files(folder: Path) -> list[Path]:
 
 
 class FeatureStore:
-    """The cached features of one extractor, in `folder`; writes go to the `shard` file."""
+    """The cached features of one extractor, in `folder`; writes go to the `shard` file.
+    `feature_fn` (uint8 images -> features) computes what the cache lacks."""
 
     def __init__(self, folder: Path, extractor: str, *, backbone: str, input_size: int, dim: int,
-                 shard: str = LOCAL_SHARD):
-        self.folder, self.extractor = Path(folder), extractor
+                 feature_fn=None, shard: str = LOCAL_SHARD):
+        self.folder, self.extractor, self.feature_fn = Path(folder), extractor, feature_fn
         self.folder.mkdir(parents=True, exist_ok=True)
         self.own = self.folder / (shard + SHARD_SUFFIX)
         self.dim = dim
-        self.hits = self.misses = 0
+        self.requested: set[str] = set()  # keys of every image asked for
+        self.extracted = 0  # images this process ran the backbone on
+        self.extract_seconds = 0.0
         with closing(connect(self.own)) as db:
             db.execute("INSERT OR IGNORE INTO extractors VALUES (?, ?, ?, ?)", (extractor, backbone, input_size, dim))
 
@@ -130,26 +133,33 @@ class FeatureStore:
                            (now, self.extractor, *chunk))
 
 
+def summary(store: FeatureStore) -> dict:
+    """What the cache saved this build: images asked for, found cached, extracted (and how long)."""
+    return {"images": len(store.requested), "cached": len(store.requested) - store.extracted,
+            "extracted": store.extracted, "extract_seconds": round(store.extract_seconds, 2)}
+
+
 @contextmanager
 def open_store(classifier, folder: Path | None, shard: str = LOCAL_SHARD):
     """`classifier`'s feature store in `folder`; with None (no cache), a private one that is
-    deleted afterwards."""
+    deleted afterwards. Under a multi-worker strategy pass a classifier built outside it: its
+    BatchNorm statistics would otherwise be all-reduced on every read."""
     with ExitStack() as stack:
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefactory-features-")))
         size = classifier.backbone.input_size
         yield FeatureStore(folder, extractor_fingerprint(classifier, size), backbone=classifier.backbone.name,
-                           input_size=size, dim=int(classifier.feature_model.output_shape[-1]), shard=shard)
+                           input_size=size, dim=int(classifier.feature_model.output_shape[-1]),
+                           feature_fn=classifier.feature_fn(), shard=shard)
 
 
-def extract(split: Split, feature_fn, store: FeatureStore, reporter, *, description: str,
-            worker: int = 0, workers: int = 1) -> int:
+def extract(split: Split, store: FeatureStore, reporter, *, description: str, worker: int = 0,
+            workers: int = 1) -> int:
     """Run the backbone on the examples of `split` the cache lacks (this worker's share of them,
     by content hash) and store their features batch by batch; returns how many it extracted."""
     known = store.known()
     missing = [p for p, key in enumerate(split.keys) if key not in known]
-    store.hits += len(split) - len(missing)
-    store.misses += len(missing)
+    store.requested.update(split.keys)
     first = {}  # one position per distinct key: duplicates are extracted once
     for p in missing:
         first.setdefault(split.keys[p], p)
@@ -158,13 +168,17 @@ def extract(split: Split, feature_fn, store: FeatureStore, reporter, *, descript
         return 0
     task = reporter.start(description, total=len(mine), unit="images")
     todo = split.subset(mine)
-    done = 0
+    done, start = 0, time.perf_counter()
     for images, _ in todo.batches(EXTRACT_BATCH):
-        store.put(todo.keys[done:done + len(images)], feature_fn(images))
+        store.put(todo.keys[done:done + len(images)], store.feature_fn(images))
         done += len(images)
+        store.extracted += len(images)
         reporter.advance(task, len(images))
+    store.extract_seconds += time.perf_counter() - start
     reporter.finish(task)
     return len(mine)
+
+
 
 
 @dataclass
@@ -203,3 +217,80 @@ def write_split(split: Split, store: FeatureStore, path: Path, seed: int, chunk:
         for start in range(0, len(order), chunk):
             store.vectors([split.keys[p] for p in order[start:start + chunk]]).tofile(f)
     return FeatureSplit(Path(path), split.labels[order], store.dim)
+
+
+# --- listing and pruning (`factory cache info|prune`) -------------------------------------------
+
+def info(folder: Path) -> dict:
+    """What the cache in `folder` holds: one row per extractor, and the bytes on disk."""
+    rows: dict[str, dict] = {}
+    for path in shard_files(folder):
+        with closing(connect(path)) as db:
+            names = {e: (b, s, d) for e, b, s, d in db.execute("SELECT extractor, backbone, input_size, dim FROM extractors")}
+            for extractor, count, size, used in db.execute(
+                    "SELECT extractor, COUNT(*), SUM(LENGTH(vector)), MAX(used) FROM features GROUP BY extractor"):
+                backbone, input_size, dim = names.get(extractor, ("?", 0, 0))
+                row = rows.setdefault(extractor, {"extractor": extractor[:12], "backbone": backbone,
+                                                  "input_size": input_size, "dim": dim, "images": 0,
+                                                  "feature_bytes": 0, "last_used": 0.0})
+                row["images"] += count
+                row["feature_bytes"] += size or 0
+                row["last_used"] = max(row["last_used"], used or 0.0)
+    files = shard_files(folder)
+    scratch = [p for p in Path(folder).glob(SCRATCH_PREFIX + "*")] if Path(folder).is_dir() else []
+    return {
+        "folder": str(folder),
+        "extractors": sorted(rows.values(), key=lambda r: -r["last_used"]),
+        "files": len(files),
+        "bytes_on_disk": sum(p.stat().st_size for p in files) + sum(_tree_bytes(p) for p in scratch),
+        "scratch_folders": len(scratch),
+    }
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def prune(folder: Path, *, unused_days: float | None = None, max_bytes: int | None = None,
+          everything: bool = False, now: float | None = None) -> dict:
+    """Delete features not used for `unused_days`, then the least recently used ones until the
+    features fit in `max_bytes`; or everything. Returns what was removed."""
+    import shutil
+
+    now = time.time() if now is None else now
+    before = info(folder)
+    if everything:
+        for path in shard_files(folder):
+            for companion in (path, Path(str(path) + "-journal")):
+                companion.unlink(missing_ok=True)
+        for path in Path(folder).glob(SCRATCH_PREFIX + "*") if Path(folder).is_dir() else []:
+            shutil.rmtree(path, ignore_errors=True)
+    else:
+        cutoff = None if unused_days is None else now - unused_days * 86400
+        if max_bytes is not None:
+            used, sizes = _usage(folder)
+            order = np.argsort(used)[::-1]  # newest first: keep them while they fit
+            kept = np.cumsum(sizes[order]) <= max_bytes
+            if not kept.all():
+                newest_dropped = used[order][np.argmin(kept)]
+                cutoff = newest_dropped if cutoff is None else max(cutoff, newest_dropped)
+        if cutoff is not None:
+            for path in shard_files(folder):
+                with closing(connect(path)) as db:
+                    db.execute("DELETE FROM features WHERE used <= ?", (cutoff,))
+                    db.execute("VACUUM")
+    after = info(folder)
+    count = lambda report: sum(r["images"] for r in report["extractors"])  # noqa: E731
+    return {"removed_images": count(before) - count(after),
+            "freed_bytes": before["bytes_on_disk"] - after["bytes_on_disk"],
+            "images": count(after), "bytes_on_disk": after["bytes_on_disk"]}
+
+
+def _usage(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    used, sizes = [], []
+    for path in shard_files(folder):
+        with closing(connect(path)) as db:
+            for u, n in db.execute("SELECT used, LENGTH(vector) FROM features"):
+                used.append(u)
+                sizes.append(n)
+    return np.asarray(used, np.float64), np.asarray(sizes, np.int64)

@@ -69,6 +69,7 @@ class TrainedModel:
     advice: dict | None = None  # the advisor's verdict when the strategy was auto
     classifier: classifier_lib.Classifier | None = None  # None for a model built outside the factory's graph
     variants: dict = field(default_factory=dict)  # models derived for export modes, by training step
+    feature_cache: dict | None = None  # images found in the feature cache and extracted (cache.summary)
 
     @property
     def test_accuracy(self) -> float:
@@ -87,6 +88,15 @@ def evaluate(model: keras.Model, split, reporter: Reporter = Silent(), batch_siz
     return np.concatenate(probs)
 
 
+def evaluate_on_features(head: keras.Model, store: cache_lib.FeatureStore, split, reporter: Reporter,
+                         batch_size: int = 2048) -> np.ndarray:
+    """The probabilities of a model whose backbone is `store`'s frozen extractor, from cached features."""
+    cache_lib.extract(split, store, reporter, description="backbone features: test")  # none missing, normally
+    predict = classifier_lib.inference_fn(head)
+    return np.concatenate([predict(store.vectors(split.keys[start:start + batch_size]))
+                           for start in range(0, len(split), batch_size)])
+
+
 def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: CacheSpec = CacheSpec(),
           reporter: Reporter = Silent(), checkpoint: Path | None = None, resume: bool = False) -> TrainedModel:
     """Build the classifier and train it with the spec's strategy (the advisor's, for auto).
@@ -99,25 +109,31 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     cluster = distributed.cluster()
     with cluster.scope():
         classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
+    extractor = classifier if cluster.strategy is None else classifier_lib.build(prepared.backbone, 1)
     start = time.perf_counter()
     advice = None
-    with cache_lib.open_store(classifier, cache.store_folder, cluster.shard) as features:
+    with cache_lib.open_store(extractor, cache.store_folder, cluster.shard) as features:
         if spec.strategy == "auto":
-            advice = _advice(classifier, data, spec.seed, features, reporter)
+            advice = _advice(data, spec.seed, features, reporter)
             spec = dataclasses.replace(spec, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
         fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
         session = TrainingSession(classifier.model, checkpoint, fingerprint, resume, writer=cluster.is_chief)
         if session.resumed:
             reporter.note(f"resuming after {len(session.done)} finished phase(s) from {checkpoint}")
         phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
-    if cluster.strategy is not None:
-        classifier = _plain_copy(classifier, prepared, spec)
+        if cluster.strategy is not None:
+            classifier = _plain_copy(classifier, prepared, spec)
+        if spec.fine_tunes:
+            test_probs = evaluate(classifier.model, data.test, reporter)
+        else:  # the backbone is the frozen one whose features are cached: the head on them is the model
+            test_probs = evaluate_on_features(classifier.head, features, data.test, reporter)
+        feature_cache = cache_lib.summary(features)
     seconds = round(time.perf_counter() - start, 2)
     return TrainedModel(
         model=classifier.model, normalization=prepared.backbone.normalization,
-        test_probs=evaluate(classifier.model, data.test, reporter), test_labels=data.test.labels, spec=spec,
+        test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
-        advice=advice.as_dict() if advice else None, classifier=classifier,
+        advice=advice.as_dict() if advice else None, classifier=classifier, feature_cache=feature_cache,
     )
 
 
@@ -135,17 +151,17 @@ def advise(prepared: Prepared, seed: int, cache: CacheSpec = CacheSpec(), report
     """The advisor's recommendation for this data (a linear probe on frozen features)."""
     classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
     with cache_lib.open_store(classifier, cache.store_folder) as features:
-        return _advice(classifier, prepared.data, seed, features, reporter)
+        return _advice(prepared.data, seed, features, reporter)
 
 
-def _advice(classifier, data, seed: int, features: cache_lib.FeatureStore, reporter: Reporter):
+def _advice(data, seed: int, features: cache_lib.FeatureStore, reporter: Reporter):
     import tempfile
 
     from factory import advisor
     from factory.strategies.feature_extraction import cached_features
 
     with tempfile.TemporaryDirectory(dir=features.folder, prefix=cache_lib.SCRATCH_PREFIX) as scratch:
-        train, val = cached_features(classifier, data, features, reporter, Path(scratch), seed)
+        train, val = cached_features(data, features, reporter, Path(scratch), seed)
         task = reporter.start("advisor probe (linear head, learning curve)", total=1)
         advice = advisor.recommend(advisor.probe(train, val, len(data.class_names), seed=seed))
     reporter.finish(task)
@@ -165,7 +181,7 @@ def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> Train
 
 # --- export ---
 
-VERIFY_BATCH = 1024  # test images handed to an artifact's runtime at a time-----------------------------------------------------------------------------------
+VERIFY_BATCH = 512  # test images handed to an artifact's runtime at a time-----------------------------------------------------------------------------------
 
 @dataclass
 class ArtifactReport:
@@ -318,17 +334,21 @@ def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
     trained = train(prepared, spec.training, cache=spec.cache, reporter=reporter, checkpoint=spec.checkpoint_dir,
                     resume=spec.resume)
     train_seconds = round(time.perf_counter() - start, 2)  # data, backbone and training: what a user waits for
-    if not cluster.is_chief:
-        return None
-    with staging.staged(out) as folder:
-        reports = export(trained, prepared, spec.export, folder, name=out.resolve().name or "model", reporter=reporter)
-        (folder / "labels.txt").write_text("\n".join(prepared.data.class_names) + "\n")
-        body = manifest_body(dataclasses.replace(spec, training=trained.spec), prepared, trained, train_seconds,
-                             [r.manifest_entry(folder) for r in reports])
-        manifest.write(folder, body)
-    shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # the build is safe: its checkpoint is not needed
-    release = publish(out, spec.publish) if spec.publish else None
-    return BuildResult(out, manifest.read(out), prepared, trained, reports, release)
+    try:
+        if not cluster.is_chief:
+            return None
+        with staging.staged(out) as folder:
+            reports = export(trained, prepared, spec.export, folder, name=out.resolve().name or "model",
+                             reporter=reporter)
+            (folder / "labels.txt").write_text("\n".join(prepared.data.class_names) + "\n")
+            body = manifest_body(dataclasses.replace(spec, training=trained.spec), prepared, trained, train_seconds,
+                                 [r.manifest_entry(folder) for r in reports])
+            manifest.write(folder, body)
+        shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # the build is safe: its checkpoint is not needed
+        release = publish(out, spec.publish) if spec.publish else None
+        return BuildResult(out, manifest.read(out), prepared, trained, reports, release)
+    finally:
+        cluster.barrier()  # the other workers leave once the chief is done, whatever happened
 
 
 def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, train_seconds: float,
@@ -343,7 +363,8 @@ def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, tr
         "seed": spec.training.seed,
         "data": {"source": spec.data.source, "classes": data.class_names, "splits": data.sizes(),
                  "skipped_images": len(data.skipped)},
-        "metrics": {"keras_test_accuracy": trained.test_accuracy, "train_seconds": train_seconds},
+        "metrics": {"keras_test_accuracy": trained.test_accuracy, "train_seconds": train_seconds,
+                    "feature_cache": trained.feature_cache},
         "artifacts": artifacts,
     }
 

@@ -58,7 +58,7 @@ def test_advisor_probe_learning_curve_on_real_data(fashion_small, tmp_path):
 
     model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
     with cache.open_store(model, tmp_path / "cache") as store:
-        train, val = cached_features(model, fashion_small, store, Silent(), tmp_path, seed=0)
+        train, val = cached_features(fashion_small, store, Silent(), tmp_path, seed=0)
         evidence = advisor.probe(train, val, 10, seed=0)
     assert list(evidence["learning_curve"]) == ["25%", "50%", "100%"]
     assert evidence["probe_accuracy"] > 0.5 and evidence["images_per_class_min"] == 42

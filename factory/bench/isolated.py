@@ -22,9 +22,9 @@ class QueueReporter:
     def __init__(self, events):
         self.events, self.count = events, 0
 
-    def start(self, description: str, total: int):
+    def start(self, description: str, total: int, unit: str = "steps"):
         self.count += 1
-        self.events.put(("start", self.count, description, total))
+        self.events.put(("start", self.count, description, total, unit))
         return self.count
 
     def advance(self, task, amount: int = 1):
@@ -43,7 +43,7 @@ class QueueReporter:
 def _relay(event: tuple, reporter, tasks: dict) -> None:
     kind, *args = event
     if kind == "start":
-        tasks[args[0]] = reporter.start(args[1], total=args[2])
+        tasks[args[0]] = reporter.start(args[1], total=args[2], unit=args[3])
     elif kind == "advance":
         reporter.advance(tasks[args[0]], args[1])
     elif kind == "update":

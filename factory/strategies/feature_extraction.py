@@ -19,23 +19,24 @@ from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase, balanced_class_weights, fit
 
 
-def cached_features(classifier: Classifier, data: Dataset, store: cache.FeatureStore, reporter, folder: Path,
-                    seed: int) -> tuple[cache.FeatureSplit, cache.FeatureSplit]:
-    """The train and validation features as flat files in `folder`, extracting what the cache lacks."""
+def cached_features(data: Dataset, store: cache.FeatureStore, reporter, folder: Path, seed: int,
+                    with_test: bool = False) -> tuple[cache.FeatureSplit, cache.FeatureSplit]:
+    """The train and validation features as flat files in `folder`, extracting what the cache
+    lacks (the test split's too with `with_test`: a frozen backbone's model is evaluated on them)."""
     cluster = distributed.cluster()
-    feature_fn = classifier.feature_fn()
-    splits = (("train", data.train), ("validation", data.val))
-    extracted = sum(cache.extract(split, feature_fn, store, reporter, description=f"backbone features: {name}",
-                                  worker=cluster.index, workers=cluster.workers) for name, split in splits)
-    cached = store.hits
+    splits = (("train", data.train), ("validation", data.val)) + ((("test", data.test),) if with_test else ())
+    known = len(store.known() & {key for _, split in splits for key in split.keys})
+    for name, split in splits:
+        cache.extract(split, store, reporter, description=f"backbone features: {name}", worker=cluster.index,
+                      workers=cluster.workers)
     if cluster.workers > 1:
         cluster.barrier()  # every worker's share is in the cache, if its folder is shared
-        behind = sum(cache.extract(split, feature_fn, store, reporter, description=f"backbone features: {name} "
-                                   "(other workers' share: is --cache-dir shared?)") for name, split in splits)
-        extracted += behind
-    total = len(data.train) + len(data.val)
-    reporter.note(f"feature cache: {cached:,} of {total:,} images were cached, "
-                  f"{extracted:,} extracted by this process ({store.folder})")
+        for name, split in splits:
+            cache.extract(split, store, reporter, description=f"backbone features: {name} "
+                          "(other workers' share: is --cache-dir shared?)")
+    distinct = len({key for _, split in splits for key in split.keys})
+    reporter.note(f"feature cache: {known:,} of {distinct:,} images were cached, "
+                  f"{store.extracted:,} extracted by this process ({store.folder})")
     return (cache.write_split(data.train, store, folder / "train.f32", seed),
             cache.write_split(data.val, store, folder / "val.f32", seed + 1))
 
@@ -44,7 +45,7 @@ def train_head(classifier: Classifier, data: Dataset, spec: TrainingSpec, report
                store: cache.FeatureStore) -> Phase:
     def run(backup_dir):
         with tempfile.TemporaryDirectory(dir=store.folder, prefix=cache.SCRATCH_PREFIX) as scratch:
-            train, val = cached_features(classifier, data, store, reporter, Path(scratch), spec.seed)
+            train, val = cached_features(data, store, reporter, Path(scratch), spec.seed, with_test=not spec.fine_tunes)
             batch = global_batch(spec)
             return fit(
                 classifier.head,

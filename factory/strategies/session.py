@@ -12,11 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from factory import staging
 from factory.strategies.training import Phase
 from targets.errors import FactoryError
 
 STATE = "state.json"
+WEIGHTS = "weights.npz"  # the model's weights after the last finished phase
 
 
 class TrainingSession:
@@ -46,7 +49,7 @@ class TrainingSession:
                 )
             self.done = phases
             if self.done:
-                self.model.load_weights(str(folder / "weights" / "after_phase"))
+                self.model.set_weights(_load_weights(folder / WEIGHTS))
             if writer:
                 staging.record_owner(folder)  # this process owns the checkpoint now (see `factory store gc`)
             self.resumed = True
@@ -56,7 +59,8 @@ class TrainingSession:
     def run(self, name: str, train: Callable[[Path | None], Phase]) -> Phase:
         """Run phase `name` (train(backup_dir) -> Phase) unless a resumed checkpoint finished it."""
         index = len(self.snapshots)
-        if index < len(self.done):
+        finished = index < len(self.done)
+        if finished:
             if self.done[index].name != name:
                 raise FactoryError(f"--resume: expected phase {self.done[index].name!r}, the recipe now runs {name!r}")
             phase = self.done[index]
@@ -64,8 +68,9 @@ class TrainingSession:
             backup = self.folder / f"phase{index}" if self.folder else None
             phase = train(backup)
             self.done.append(phase)
-            self._save()
-        self.snapshots.append(self.model.get_weights())
+        self.snapshots.append(self.model.get_weights())  # every worker reads: a collective op
+        if not finished:
+            self._save(self.snapshots[-1])
         return phase
 
     def revert_last(self) -> None:
@@ -73,13 +78,20 @@ class TrainingSession:
         self.snapshots.pop()
         self.model.set_weights(self.snapshots[-1])
 
-    def _save(self) -> None:
+    def _save(self, weights: list) -> None:
         if self.folder is None or not self.writer:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         staging.record_owner(self.folder)  # `factory store gc --builds` leaves it alone while this process lives
-        self.model.save_weights(str(self.folder / "weights" / "after_phase"))
+        with open(self.folder / (WEIGHTS + ".tmp"), "wb") as f:
+            np.savez(f, *weights)
+        (self.folder / (WEIGHTS + ".tmp")).replace(self.folder / WEIGHTS)
         state = {"recipe": self.fingerprint, "phases": [p.as_dict() for p in self.done]}
         tmp = self.folder / (STATE + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.folder / STATE)
+
+
+def _load_weights(path: Path) -> list:
+    with np.load(path, allow_pickle=False) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]

@@ -1,0 +1,146 @@
+"""Scaling: feature-extraction builds on growing Fashion-MNIST subsets, against the floor.
+
+For each size, in one run and each in a fresh process (its own peak RSS):
+  floor   one timed pass of the frozen backbone over the same images (decode + resize + backbone,
+          batches of 64): what a build cannot beat
+  build   `factory build --strategy feature-extraction --target tflite` with a cold feature cache
+          (data stage, extraction, head training, test evaluation, TFLite conversion and parity
+          check on the whole test split), wall time and peak RSS
+and then the incremental case: the largest size but one again, its cache warm, plus --new-share
+more images (a stratified prefix of the set grows by that share).
+
+    python benchmarks/scaling.py [--sizes 2000 8000 32000 70000] [--input-size 224]
+
+Records benchmarks/results/scaling.json and benchmarks/results/scaling.png.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+FLOOR = """
+import sys, time
+from factory import backbones, classifier, data
+from factory.specs import BackboneSpec, DataSpec
+limit, size = int(sys.argv[1]), int(sys.argv[2])
+dataset = data.load(DataSpec("fashion-mnist", limit=limit), size)
+model = classifier.build(backbones.resolve(BackboneSpec(input_size=size)), len(dataset.class_names))
+run = model.feature_fn()
+start = time.perf_counter()
+count = 0
+for split in (dataset.train, dataset.val, dataset.test):
+    for images, _ in split.batches(64):
+        run(images)
+        count += len(images)
+print(count, time.perf_counter() - start)
+"""
+
+
+def run_measured(command: list[str], env: dict | None = None) -> tuple[str, float, float]:
+    """(stdout, wall seconds, peak RSS in GB) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = process.stdout.read(), process.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{err[-3000:]}")
+    return out, wall, usage.ru_maxrss / 1e6  # KB -> GB
+
+
+def floor(limit: int, size: int) -> dict:
+    out, wall, rss = run_measured([sys.executable, "-c", FLOOR, str(limit), str(size)])
+    count, seconds = out.split()
+    return {"images": int(count), "backbone_seconds": round(float(seconds), 1),
+            "images_per_s": round(int(count) / float(seconds), 1), "process_seconds": round(wall, 1),
+            "peak_rss_gb": round(rss, 3)}
+
+
+def build(limit: int, size: int, cache: Path, out: Path) -> dict:
+    command = [sys.executable, "-c", "from factory.cli import main; main()", "build", "--data", "fashion-mnist",
+               "--limit", str(limit), "--input-size", str(size), "--strategy", "feature-extraction",
+               "--target", "tflite", "--latency-runs", "0", "--cache-dir", str(cache), "--out", str(out), "--quiet"]
+    _, wall, rss = run_measured(command)
+    manifest = json.loads((out / "manifest.json").read_text())
+    artifact = manifest["artifacts"][0]
+    return {"seconds": round(wall, 1), "images_per_s": round(limit / wall, 1), "peak_rss_gb": round(rss, 3),
+            "test_accuracy": round(manifest["metrics"]["keras_test_accuracy"], 4),
+            "tflite_agreement": artifact["agreement"], "phases": manifest["strategy"]["phases"]}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["images"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, [r["build"]["seconds"] / 60 for r in rows], "o-", label="factory build (cold cache)")
+    left.plot(sizes, [r["floor"]["backbone_seconds"] / 60 for r in rows], "s--", label="backbone pass (floor)")
+    left.set(xlabel="images", ylabel="minutes", title="wall time")
+    right.plot(sizes, [r["build"]["peak_rss_gb"] for r in rows], "o-", label="factory build")
+    right.plot(sizes, [r["floor"]["peak_rss_gb"] for r in rows], "s--", label="backbone pass")
+    right.set(xlabel="images", ylabel="GB", title="peak RSS", ylim=(0, None))
+    for axis in (left, right):
+        axis.legend()
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000, 70000])
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--new-share", type=float, default=0.01)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgefactory-scaling-") as scratch:
+        scratch = Path(scratch)
+        for limit in args.sizes:
+            print(f"{limit:,} images: backbone pass ...", flush=True)
+            row = {"images": limit, "floor": floor(limit, args.input_size)}
+            print(f"{limit:,} images: factory build ...", flush=True)
+            row["build"] = build(limit, args.input_size, scratch / f"cache-{limit}", scratch / f"out-{limit}")
+            row["build_vs_floor"] = round(row["build"]["seconds"] / row["floor"]["backbone_seconds"], 2)
+            rows.append(row)
+            print(f"  floor {row['floor']['backbone_seconds']:.0f} s, build {row['build']['seconds']:.0f} s "
+                  f"({row['build_vs_floor']}x), peak RSS {row['build']['peak_rss_gb']:.2f} GB, "
+                  f"accuracy {row['build']['test_accuracy']:.4f}", flush=True)
+        base = args.sizes[-2] if len(args.sizes) > 1 else args.sizes[0]
+        grown = int(round(base * (1 + args.new_share)))
+        print(f"incremental: {base:,} cached + {grown - base:,} new images ...", flush=True)
+        incremental = build(grown, args.input_size, scratch / f"cache-{base}", scratch / "out-incremental")
+        cold = next(r for r in rows if r["images"] == base)["build"]["seconds"]
+    result = {
+        "what": "feature-extraction builds vs one backbone pass, Fashion-MNIST, cold feature cache",
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": datetime.date.today().isoformat(),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "input_size": args.input_size,
+        "rows": rows,
+        "incremental": {"cached_images": base, "new_images": grown - base, "seconds": incremental["seconds"],
+                        "cold_seconds": cold, "share_of_cold": round(incremental["seconds"] / cold, 3),
+                        "peak_rss_gb": incremental["peak_rss_gb"]},
+        "peak_rss_largest_vs_smallest": round(rows[-1]["build"]["peak_rss_gb"] / rows[0]["build"]["peak_rss_gb"], 3),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, RESULTS / "scaling.png")
+    print(f"incremental: {incremental['seconds']:.0f} s = {result['incremental']['share_of_cold']:.1%} of the "
+          f"cold {base:,}-image build; peak RSS {result['peak_rss_largest_vs_smallest']}x from "
+          f"{rows[0]['images']:,} to {rows[-1]['images']:,} images -> {RESULTS / 'scaling.json'}")
+
+
+if __name__ == "__main__":
+    main()
