@@ -46,15 +46,17 @@ print(count, time.perf_counter() - start)
 
 def run_measured(command: list[str], env: dict | None = None) -> tuple[str, float, float]:
     """(stdout, wall seconds, peak RSS in GB) of one child process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    out, err = process.stdout.read(), process.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{err[-3000:]}")
-    return out, wall, usage.ru_maxrss / 1e6  # KB -> GB
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # no pipe to fill up
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True,
+                                   env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"failed: {' '.join(command)}\n{err.read()[-3000:]}")
+        return out.read(), wall, usage.ru_maxrss / 1e6  # KB -> GB
 
 
 def floor(limit: int, size: int) -> dict:

@@ -18,6 +18,7 @@ import hashlib
 import sqlite3
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,11 +170,18 @@ def extract(split: Split, store: FeatureStore, reporter, *, description: str, wo
     task = reporter.start(description, total=len(mine), unit="images")
     todo = split.subset(mine)
     done, start = 0, time.perf_counter()
-    for images, _ in todo.batches(EXTRACT_BATCH):
-        store.put(todo.keys[done:done + len(images)], store.feature_fn(images))
-        done += len(images)
-        store.extracted += len(images)
-        reporter.advance(task, len(images))
+    with ThreadPoolExecutor(1) as writer:  # each batch is committed while the next one is computed
+        pending = None
+        for images, _ in todo.batches(EXTRACT_BATCH):
+            vectors = store.feature_fn(images)
+            if pending:
+                pending.result()
+            pending = writer.submit(store.put, todo.keys[done:done + len(images)], vectors)
+            done += len(images)
+            store.extracted += len(images)
+            reporter.advance(task, len(images))
+        if pending:
+            pending.result()
     store.extract_seconds += time.perf_counter() - start
     reporter.finish(task)
     return len(mine)
@@ -201,13 +209,13 @@ class FeatureSplit:
         (the rows are already in a random order)."""
         from targets.tf_setup import tf
 
-        rows = tf.data.FixedLengthRecordDataset(str(self.path), self.dim * 4).map(
-            lambda raw: tf.io.decode_raw(raw, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+        rows = tf.data.FixedLengthRecordDataset(str(self.path), self.dim * 4)
         data = tf.data.Dataset.zip((rows, tf.data.Dataset.from_tensor_slices(self.labels)))
         data = data.apply(tf.data.experimental.assert_cardinality(len(self)))
         if shuffle_seed is not None:
             data = data.shuffle(min(len(self), shuffle_buffer), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        decode = lambda raw, labels: (tf.io.decode_raw(raw, tf.float32), labels)  # noqa: E731  (a batch at once)
+        return data.batch(batch_size).map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def write_split(split: Split, store: FeatureStore, path: Path, seed: int, chunk: int = 2048) -> FeatureSplit:

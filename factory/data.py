@@ -52,20 +52,14 @@ def decode(item, size: int) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def content_key(item) -> str:
-    """sha256 of what decides the example's pixels: the file's bytes, or the array."""
+def content_key(item, size: int) -> str:
+    """sha256 of what decides the example's pixels (the file's bytes, or the array), for a file
+    only once it decoded completely (read once; a JPEG decoded at a reduced scale, which still
+    reads every byte); raises one of DECODE_ERRORS otherwise."""
     if isinstance(item, np.ndarray):
         digest = hashlib.sha256(repr((item.shape, item.dtype.str)).encode())
         digest.update(np.ascontiguousarray(item).tobytes())
         return digest.hexdigest()
-    return hashlib.sha256(Path(item).read_bytes()).hexdigest()
-
-
-def _checked_key(item, size: int) -> str:
-    """The content key of a file that decodes completely (read once; JPEGs decoded at a reduced
-    scale, which still reads every byte); raises one of DECODE_ERRORS otherwise."""
-    if isinstance(item, np.ndarray):
-        return content_key(item)
     raw = Path(item).read_bytes()
     with Image.open(io.BytesIO(raw)) as image:
         image.draft("RGB", (size, size))
@@ -169,7 +163,7 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
     kept_items, kept_labels, keys, skipped = [], [], [], []
     task = reporter.start("checking images", total=len(keep), unit="images") if reporter else None
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        checks = pool.map(lambda i: _try(_checked_key, items[i], input_size), keep)
+        checks = pool.map(lambda i: _try(content_key, items[i], input_size), keep)
         for index, (key, error) in zip(keep, checks):
             if reporter:
                 reporter.advance(task)

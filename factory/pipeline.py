@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +156,6 @@ def advise(prepared: Prepared, seed: int, cache: CacheSpec = CacheSpec(), report
 
 
 def _advice(data, seed: int, features: cache_lib.FeatureStore, reporter: Reporter):
-    import tempfile
-
     from factory import advisor
     from factory.strategies.feature_extraction import cached_features
 

@@ -13,6 +13,9 @@ from factory import distributed
 from targets.tf_setup import keras, tf
 
 
+STEPS_PER_EXECUTION = 16  # steps per compiled call: a small head's step is mostly call overhead
+
+
 @dataclass
 class Phase:
     name: str
@@ -37,9 +40,15 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.task = self.reporter.start(self.description, total=self.epochs * self.examples, unit="images")
+        self.done = 0
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.reporter.advance(self.task, self.global_batch)
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):  # once per execution of steps_per_execution steps
+        done = self.epoch * self.examples + min((batch + 1) * self.global_batch, self.examples)
+        self.reporter.advance(self.task, done - self.done)
+        self.done = done
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -49,6 +58,7 @@ class ProgressCallback(keras.callbacks.Callback):
             f"loss {logs.get('loss', 0):.3f} val_acc {logs.get('val_accuracy', 0):.3f}",
             completed=(epoch + 1) * self.examples,
         )
+        self.done = (epoch + 1) * self.examples
 
     def on_train_end(self, logs=None):
         self.reporter.finish(self.task)
@@ -105,6 +115,7 @@ def fit(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
+            steps_per_execution=STEPS_PER_EXECUTION,
         )
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
