@@ -5,9 +5,10 @@ build killed mid-extraction resumes from what it had written.
 An entry is keyed on (extractor, image): the extractor fingerprint covers everything that
 decides a feature vector (the backbone's weights, hashed, its normalization, the input size
 and the decoder), the image key is its content hash (factory.data). Entries live in SQLite
-files in the cache folder, one file per writer (a process, or each worker of a multi-worker
-build, so no two machines write one file); readers read them all. Every batch is committed
-as it is extracted. The folder comes from factory.specs.CacheSpec.
+files in the cache folder: one per machine for one-process builds (processes on one machine
+share it under SQLite's lock) and one per worker of a multi-worker build, so no two machines
+write one file; readers read them all. Every batch is committed as it is extracted. The
+folder comes from factory.specs.CacheSpec.
 
 For training, a split's features are copied from the cache into a flat float32 file (rows in
 a seeded random order) that the head reads back as a tf.data stream: memory stays flat.
@@ -15,11 +16,15 @@ a seeded random order) that the head reads back as a tf.data stream: memory stay
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+import socket
 import sqlite3
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from targets.errors import FactoryError
 
 CACHE_VERSION = "2"
 SHARD_SUFFIX = ".sqlite"
-LOCAL_SHARD = "local"
+LOCAL_SHARD = "local-" + re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]  # one file per machine
 SCRATCH_PREFIX = "scratch-"  # a build's flat feature files, removed when its training ends
 EXTRACT_BATCH = 64
 KEYS_PER_QUERY = 500  # SQLite's default limit on bound parameters is 999
@@ -53,19 +58,42 @@ def extractor_fingerprint(classifier, input_size: int) -> str:
     return digest.hexdigest()
 
 
-def connect(path: Path) -> sqlite3.Connection:
+@contextmanager
+def opened(path: Path):
+    """A connection to one cache file; any SQLite failure is one FactoryError naming the file."""
+    connection = None
     try:
         connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+        connection.execute("PRAGMA trusted_schema=OFF")
         connection.execute("PRAGMA synchronous=NORMAL")  # rollback journal: works on a shared (network) folder
         connection.executescript(SCHEMA)
-    except sqlite3.DatabaseError as exc:
-        raise FactoryError(f"feature cache file {path} is damaged ({exc}); delete it or run "
-                           "`factory cache prune --all`") from exc
-    return connection
+        yield connection
+    except sqlite3.Error as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            why = f"is locked by another process ({text})"
+        elif "unable to open" in text or "readonly" in text or "read-only" in text or "disk" in text:
+            why = f"cannot be opened or written ({text}): check the folder's permissions and free space"
+        else:
+            why = f"is damaged ({text}); delete it or run `factory cache prune --all`"
+        raise FactoryError(f"feature cache file {path} {why}") from exc
+    finally:
+        if connection is not None:
+            connection.close()
 
 
 def shard_files(folder: Path) -> list[Path]:
-    return sorted(Path(folder).glob("*" + SHARD_SUFFIX)) if Path(folder).is_dir() else []
+    """The cache's SQLite files (plain files only: a link is not followed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*" + SHARD_SUFFIX) if p.is_file() and not p.is_symlink())
+
+
+def _chunks(keys: list[str]):
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[start:start + KEYS_PER_QUERY]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 class FeatureStore:
@@ -75,63 +103,62 @@ class FeatureStore:
     def __init__(self, folder: Path, extractor: str, *, backbone: str, input_size: int, dim: int,
                  feature_fn=None, shard: str = LOCAL_SHARD):
         self.folder, self.extractor, self.feature_fn = Path(folder), extractor, feature_fn
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FactoryError(f"feature cache folder {self.folder} cannot be made ({exc.strerror or exc}); "
+                               "choose another --cache-dir") from exc
         self.own = self.folder / (shard + SHARD_SUFFIX)
         self.dim = dim
         self.requested: set[str] = set()  # keys of every image asked for
         self.extracted = 0  # images this process ran the backbone on
         self.extract_seconds = 0.0
-        with closing(connect(self.own)) as db:
+        with opened(self.own) as db:
             db.execute("INSERT OR IGNORE INTO extractors VALUES (?, ?, ?, ?)", (extractor, backbone, input_size, dim))
 
-    def known(self) -> set[str]:
-        """Keys of every image this extractor has features for, in any shard."""
-        keys: set[str] = set()
+    def cached(self, keys: list[str]) -> set[str]:
+        """Those of `keys` this extractor has features for, in any shard."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(keys))
         for path in shard_files(self.folder):
-            with closing(connect(path)) as db:
-                keys.update(k for (k,) in db.execute("SELECT key FROM features WHERE extractor = ?",
-                                                     (self.extractor,)))
-        return keys
+            with opened(path) as db:
+                for chunk, marks in _chunks([k for k in wanted if k not in found]):
+                    found.update(k for (k,) in db.execute(
+                        f"SELECT key FROM features WHERE extractor = ? AND key IN ({marks})", (self.extractor, *chunk)))
+        return found
 
     def put(self, keys: list[str], vectors: np.ndarray) -> None:
         """Store one batch in one transaction: a kill loses at most the batch in flight."""
         now = time.time()
         rows = [(self.extractor, k, np.asarray(v, np.float32).tobytes(), now) for k, v in zip(keys, vectors)]
-        with closing(connect(self.own)) as db:
+        with opened(self.own) as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
             db.execute("COMMIT")
 
     def vectors(self, keys: list[str]) -> np.ndarray:
-        """float32 [len(keys), dim], in the order of `keys`; every key must be cached."""
+        """float32 [len(keys), dim], in the order of `keys`; every key must be cached. The entries
+        read are marked as used now (for `factory cache prune`) in the file that holds them."""
         found: dict[str, bytes] = {}
         wanted = list(dict.fromkeys(keys))
+        now = time.time()
         for path in shard_files(self.folder):
-            missing = [k for k in wanted if k not in found]
-            if not missing:
-                break
-            with closing(connect(path)) as db:
-                for start in range(0, len(missing), KEYS_PER_QUERY):
-                    chunk = missing[start:start + KEYS_PER_QUERY]
-                    marks = ",".join("?" * len(chunk))
-                    found.update(db.execute(f"SELECT key, vector FROM features WHERE extractor = ? AND key IN ({marks})",
-                                            (self.extractor, *chunk)))
+            with opened(path) as db:
+                here = {}
+                for chunk, marks in _chunks([k for k in wanted if k not in found]):
+                    here.update(db.execute(f"SELECT key, vector FROM features WHERE extractor = ? AND key IN ({marks})",
+                                           (self.extractor, *chunk)))
+                for chunk, marks in _chunks(list(here)):
+                    db.execute(f"UPDATE features SET used = ? WHERE extractor = ? AND key IN ({marks})",
+                               (now, self.extractor, *chunk))
+                found.update(here)
         absent = [k for k in wanted if k not in found]
         if absent:
             raise FactoryError(f"feature cache in {self.folder} lacks {len(absent)} image(s) it should hold; "
                                "was it pruned during the build? run the build again")
-        self._touch(wanted)
-        return np.stack([np.frombuffer(found[k], np.float32) for k in keys]) if keys else np.zeros((0, self.dim),
-                                                                                                   np.float32)
-
-    def _touch(self, keys: list[str]) -> None:
-        """Mark entries of this process's own shard as used now (for `factory cache prune`)."""
-        now = time.time()
-        with closing(connect(self.own)) as db:
-            for start in range(0, len(keys), KEYS_PER_QUERY):
-                chunk = keys[start:start + KEYS_PER_QUERY]
-                db.execute(f"UPDATE features SET used = ? WHERE extractor = ? AND key IN ({','.join('?' * len(chunk))})",
-                           (now, self.extractor, *chunk))
+        if not keys:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([np.frombuffer(found[k], np.float32) for k in keys])
 
 
 def summary(store: FeatureStore) -> dict:
@@ -141,7 +168,7 @@ def summary(store: FeatureStore) -> dict:
 
 
 @contextmanager
-def open_store(classifier, folder: Path | None, shard: str = LOCAL_SHARD):
+def open_store(classifier, folder: Path | None, shard: str | None = None):
     """`classifier`'s feature store in `folder`; with None (no cache), a private one that is
     deleted afterwards. Under a multi-worker strategy pass a classifier built outside it: its
     BatchNorm statistics would otherwise be all-reduced on every read."""
@@ -151,14 +178,14 @@ def open_store(classifier, folder: Path | None, shard: str = LOCAL_SHARD):
         size = classifier.backbone.input_size
         yield FeatureStore(folder, extractor_fingerprint(classifier, size), backbone=classifier.backbone.name,
                            input_size=size, dim=int(classifier.feature_model.output_shape[-1]),
-                           feature_fn=classifier.feature_fn(), shard=shard)
+                           feature_fn=classifier.feature_fn(), shard=shard or LOCAL_SHARD)
 
 
 def extract(split: Split, store: FeatureStore, reporter, *, description: str, worker: int = 0,
             workers: int = 1) -> int:
     """Run the backbone on the examples of `split` the cache lacks (this worker's share of them,
     by content hash) and store their features batch by batch; returns how many it extracted."""
-    known = store.known()
+    known = store.cached(split.keys)
     missing = [p for p, key in enumerate(split.keys) if key not in known]
     store.requested.update(split.keys)
     first = {}  # one position per distinct key: duplicates are extracted once
@@ -233,7 +260,7 @@ def info(folder: Path) -> dict:
     """What the cache in `folder` holds: one row per extractor, and the bytes on disk."""
     rows: dict[str, dict] = {}
     for path in shard_files(folder):
-        with closing(connect(path)) as db:
+        with opened(path) as db:
             names = {e: (b, s, d) for e, b, s, d in db.execute("SELECT extractor, backbone, input_size, dim FROM extractors")}
             for extractor, count, size, used in db.execute(
                     "SELECT extractor, COUNT(*), SUM(LENGTH(vector)), MAX(used) FROM features GROUP BY extractor"):
@@ -245,7 +272,7 @@ def info(folder: Path) -> dict:
                 row["feature_bytes"] += size or 0
                 row["last_used"] = max(row["last_used"], used or 0.0)
     files = shard_files(folder)
-    scratch = [p for p in Path(folder).glob(SCRATCH_PREFIX + "*")] if Path(folder).is_dir() else []
+    scratch = _scratch_folders(folder)
     return {
         "folder": str(folder),
         "extractors": sorted(rows.values(), key=lambda r: -r["last_used"]),
@@ -262,31 +289,35 @@ def _tree_bytes(path: Path) -> int:
 def prune(folder: Path, *, unused_days: float | None = None, max_bytes: int | None = None,
           everything: bool = False, now: float | None = None) -> dict:
     """Delete features not used for `unused_days`, then the least recently used ones until the
-    features fit in `max_bytes`; or everything. Returns what was removed."""
-    import shutil
-
+    features fit in `max_bytes`; or everything. Scratch folders of builds that are gone go too.
+    Returns what was removed."""
     now = time.time() if now is None else now
     before = info(folder)
+    files = shard_files(folder)
     if everything:
-        for path in shard_files(folder):
+        for path in files:
             for companion in (path, Path(str(path) + "-journal")):
                 companion.unlink(missing_ok=True)
-        for path in Path(folder).glob(SCRATCH_PREFIX + "*") if Path(folder).is_dir() else []:
-            shutil.rmtree(path, ignore_errors=True)
     else:
-        cutoff = None if unused_days is None else now - unused_days * 86400
+        cutoff = -np.inf if unused_days is None else now - unused_days * 86400
+        shard, rowid, used, size = _usage(files)
+        drop = used <= cutoff
         if max_bytes is not None:
-            used, sizes = _usage(folder)
-            order = np.argsort(used)[::-1]  # newest first: keep them while they fit
-            kept = np.cumsum(sizes[order]) <= max_bytes
-            if not kept.all():
-                newest_dropped = used[order][np.argmin(kept)]
-                cutoff = newest_dropped if cutoff is None else max(cutoff, newest_dropped)
-        if cutoff is not None:
-            for path in shard_files(folder):
-                with closing(connect(path)) as db:
-                    db.execute("DELETE FROM features WHERE used <= ?", (cutoff,))
-                    db.execute("VACUUM")
+            order = np.lexsort((-rowid, -used))  # most recently used first: kept while they fit
+            order = order[~drop[order]]
+            drop[order[np.cumsum(size[order]) > max_bytes]] = True
+        for index, path in enumerate(files):
+            doomed = [int(r) for r in rowid[drop & (shard == index)]]
+            if not doomed:
+                continue
+            with opened(path) as db:
+                for start in range(0, len(doomed), KEYS_PER_QUERY):
+                    chunk = doomed[start:start + KEYS_PER_QUERY]
+                    db.execute(f"DELETE FROM features WHERE rowid IN ({','.join('?' * len(chunk))})", chunk)
+                db.execute("VACUUM")
+    for path in _scratch_folders(folder):
+        if everything or not _scratch_in_use(path):
+            shutil.rmtree(path, ignore_errors=True)
     after = info(folder)
     count = lambda report: sum(r["images"] for r in report["extractors"])  # noqa: E731
     return {"removed_images": count(before) - count(after),
@@ -294,11 +325,33 @@ def prune(folder: Path, *, unused_days: float | None = None, max_bytes: int | No
             "images": count(after), "bytes_on_disk": after["bytes_on_disk"]}
 
 
-def _usage(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    used, sizes = [], []
-    for path in shard_files(folder):
-        with closing(connect(path)) as db:
-            for u, n in db.execute("SELECT used, LENGTH(vector) FROM features"):
-                used.append(u)
-                sizes.append(n)
-    return np.asarray(used, np.float64), np.asarray(sizes, np.int64)
+def _usage(files: list[Path]) -> tuple[np.ndarray, ...]:
+    """Per cached entry: its file's index in `files`, rowid, last use and size."""
+    columns = [], [], [], []
+    for index, path in enumerate(files):
+        with opened(path) as db:
+            for rowid, used, size in db.execute("SELECT rowid, used, LENGTH(vector) FROM features"):
+                for column, value in zip(columns, (index, rowid, used, size)):
+                    column.append(value)
+    return tuple(np.asarray(c, dtype) for c, dtype in zip(columns, (np.int64, np.int64, np.float64, np.int64)))
+
+
+def scratch_folder(folder: Path) -> tempfile.TemporaryDirectory:
+    """A build's scratch folder in the cache folder, named after its process (for `prune`)."""
+    return tempfile.TemporaryDirectory(dir=folder, prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+
+
+def _scratch_folders(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    return [p for p in folder.glob(SCRATCH_PREFIX + "*") if p.is_dir() and not p.is_symlink()] if folder.is_dir() \
+        else []
+
+
+def _scratch_in_use(path: Path) -> bool:
+    from factory import staging
+
+    try:
+        pid = int(path.name[len(SCRATCH_PREFIX):].split("-")[0])
+    except ValueError:
+        return False
+    return staging.owns(pid, path)

@@ -41,14 +41,20 @@ FASHION_MNIST_CLASSES = [
 CHECK_THREADS = 4
 
 
-def decode(item, size: int) -> np.ndarray:
-    """One example (a path or an array) as uint8 RGB [size, size, 3]."""
+def decode(item, size: int, key: str | None = None) -> np.ndarray:
+    """One example (a path or an array) as uint8 RGB [size, size, 3]. With `key`, a file must
+    still hash to it: features cached under a key must come from the pixels it names."""
     if isinstance(item, np.ndarray):
-        image = Image.fromarray(item)
-    else:
-        with Image.open(item) as opened:
-            opened.load()
-            image = opened.copy()
+        return _rgb(Image.fromarray(item), size)
+    raw = Path(item).read_bytes()
+    if key is not None and hashlib.sha256(raw).hexdigest() != key:
+        raise FactoryError(f"image {item} changed during the build; run it again")
+    with Image.open(io.BytesIO(raw)) as image:
+        image.load()
+        return _rgb(image, size)
+
+
+def _rgb(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
@@ -81,7 +87,7 @@ class Split:
 
     def decode(self, position: int) -> np.ndarray:
         try:
-            return decode(self.items[position], self.input_size)
+            return decode(self.items[position], self.input_size, self.keys[position])
         except DECODE_ERRORS as exc:  # it decoded when listed: the file changed since
             raise FactoryError(f"unreadable image {self.items[position]} ({exc}); it changed during the build") from exc
 
@@ -169,6 +175,7 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
                 reporter.advance(task)
             if error is not None:
                 if spec.strict:
+                    pool.shutdown(wait=False, cancel_futures=True)  # the first bad image ends it
                     raise FactoryError(f"unreadable image {items[index]} ({error}); remove or replace it") from error
                 skipped.append(f"{items[index]}: {error}")
                 continue

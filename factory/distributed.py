@@ -32,21 +32,23 @@ class Cluster:
         return self.index == 0
 
     @property
-    def shard(self) -> str:
-        """This process's own file in a shared feature cache."""
-        return "local" if self.workers == 1 else f"worker-{self.index}"
+    def shard(self) -> str | None:
+        """This worker's own file in a shared feature cache (None: the machine's, one process)."""
+        return None if self.workers == 1 else f"worker-{self.index}"
 
     def scope(self):
         return self.strategy.scope() if self.strategy else nullcontext()
 
-    def barrier(self) -> None:
-        """Return once every worker got here (an all-reduce across the cluster)."""
+    def barrier(self, ok: bool = True) -> bool:
+        """Return once every worker got here (an all-reduce across the cluster): whether every
+        worker said `ok`."""
         if self.strategy is None:
-            return
+            return ok
         from targets.tf_setup import tf
 
         strategy = self.strategy
-        strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.ones([]))), axis=None)
+        flag = tf.constant(1.0 if ok else 0.0)
+        return bool(strategy.reduce("MIN", strategy.run(tf.function(lambda: tf.identity(flag))), axis=None) > 0)
 
 
 def parse_tf_config(text: str) -> tuple[int, int]:
@@ -56,7 +58,7 @@ def parse_tf_config(text: str) -> tuple[int, int]:
         workers = config["cluster"]["worker"]
         task = config["task"]
         kind, index = task["type"], task["index"]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise FactoryError('TF_CONFIG is not {"cluster": {"worker": [...]}, "task": {"type": "worker", '
                            f'"index": N}} ({type(exc).__name__}: {exc})') from exc
     if set(config["cluster"]) - {"worker"}:
@@ -66,7 +68,7 @@ def parse_tf_config(text: str) -> tuple[int, int]:
         raise FactoryError(f"TF_CONFIG: task type {kind!r} is not supported; every task is a 'worker'")
     if not isinstance(workers, list) or not workers or not all(isinstance(w, str) and ":" in w for w in workers):
         raise FactoryError("TF_CONFIG: cluster.worker must be a list of 'host:port' strings")
-    if not isinstance(index, int) or not 0 <= index < len(workers):
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(workers):
         raise FactoryError(f"TF_CONFIG: task index {index!r} is not in 0..{len(workers) - 1}")
     return len(workers), index
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +158,7 @@ def _advice(data, seed: int, features: cache_lib.FeatureStore, reporter: Reporte
     from factory import advisor
     from factory.strategies.feature_extraction import cached_features
 
-    with tempfile.TemporaryDirectory(dir=features.folder, prefix=cache_lib.SCRATCH_PREFIX) as scratch:
+    with cache_lib.scratch_folder(features.folder) as scratch:
         train, val = cached_features(data, features, reporter, Path(scratch), seed)
         task = reporter.start("advisor probe (linear head, learning curve)", total=1)
         advice = advisor.recommend(advisor.probe(train, val, len(data.class_names), seed=seed))
@@ -178,9 +177,10 @@ def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> Train
                         test_labels=prepared.data.test.labels, spec=spec, classifier=classifier)
 
 
-# --- export ---
+# --- export -------------------------------------------------------------------------------------
 
-VERIFY_BATCH = 512  # test images handed to an artifact's runtime at a time-----------------------------------------------------------------------------------
+VERIFY_BATCH = 512  # test images handed to an artifact's runtime at a time
+
 
 @dataclass
 class ArtifactReport:
@@ -333,9 +333,12 @@ def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
     trained = train(prepared, spec.training, cache=spec.cache, reporter=reporter, checkpoint=spec.checkpoint_dir,
                     resume=spec.resume)
     train_seconds = round(time.perf_counter() - start, 2)  # data, backbone and training: what a user waits for
+    if not cluster.is_chief:
+        if not cluster.barrier():
+            raise FactoryError("the chief (worker 0) failed to export, see its output; nothing was written")
+        return None
+    done = False
     try:
-        if not cluster.is_chief:
-            return None
         with staging.staged(out) as folder:
             reports = export(trained, prepared, spec.export, folder, name=out.resolve().name or "model",
                              reporter=reporter)
@@ -345,9 +348,10 @@ def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
             manifest.write(folder, body)
         shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # the build is safe: its checkpoint is not needed
         release = publish(out, spec.publish) if spec.publish else None
+        done = True
         return BuildResult(out, manifest.read(out), prepared, trained, reports, release)
     finally:
-        cluster.barrier()  # the other workers leave once the chief is done, whatever happened
+        cluster.barrier(done)  # the other workers leave once the chief is done, and learn how it went
 
 
 def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, train_seconds: float,

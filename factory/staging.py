@@ -128,7 +128,7 @@ def _judge(path: Path, kind: str, pid: int | None, record: Path | None = None) -
     if pid is None:
         return Leftover(path, kind, None, True, "no owner recorded (made by an older version): remove it by hand "
                                                 "once no build or publish is running")
-    if _owns(pid, record or path):
+    if owns(pid, record or path):
         return Leftover(path, kind, pid, True, f"process {pid} is still running")
     return Leftover(path, kind, pid, False, f"process {pid} is gone")
 
@@ -157,7 +157,7 @@ def _newest_mtime(folder: Path) -> float:
     return newest
 
 
-def _owns(pid: int, path: Path) -> bool:
+def owns(pid: int, path: Path) -> bool:
     """Whether process `pid` is alive and old enough to have made `path` (a reused PID is not)."""
     if pid == os.getpid():
         return True

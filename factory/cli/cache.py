@@ -24,9 +24,10 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 def parse_size(text: str) -> int:
     """'500MB', '2 GB', '1e9' -> bytes."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?b?)\s*", text.lower())
-    if not match:
+    size = float(match.group(1)) * UNITS[match.group(2)] if match else 0.0
+    if not (1 <= size < 1e18):
         raise FactoryError(f"--max-size {text!r}: give a size such as 500MB or 2GB")
-    return int(float(match.group(1)) * UNITS[match.group(2)])
+    return int(size)
 
 
 def _folder(cache_dir: Path | None) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,17 +22,28 @@ console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrappe
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
+WRAPPED_FACTORY_ERROR = re.compile(r"FactoryError: ([^\n]+)")
+
+
 def one_line_errors(command):
-    """Report a FactoryError as one red line and exit code 2 (the traceback only with --debug)."""
+    """Report a FactoryError as one red line and exit code 2 (the traceback only with --debug),
+    also one raised inside a TensorFlow op (a tf.data decode), which TensorFlow wraps."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except FactoryError as exc:
+        except Exception as exc:
+            if isinstance(exc, FactoryError):
+                message = str(exc)
+            else:
+                wrapped = type(exc).__module__.startswith("tensorflow") and WRAPPED_FACTORY_ERROR.search(str(exc))
+                if not wrapped:
+                    raise
+                message = wrapped.group(1).strip()
             if kwargs.get("debug"):
                 raise
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return run

@@ -8,7 +8,6 @@ the exported model is still one graph.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from factory import cache, distributed
@@ -25,7 +24,7 @@ def cached_features(data: Dataset, store: cache.FeatureStore, reporter, folder: 
     lacks (the test split's too with `with_test`: a frozen backbone's model is evaluated on them)."""
     cluster = distributed.cluster()
     splits = (("train", data.train), ("validation", data.val)) + ((("test", data.test),) if with_test else ())
-    known = len(store.known() & {key for _, split in splits for key in split.keys})
+    known = len(store.cached([key for _, split in splits for key in split.keys]))
     for name, split in splits:
         cache.extract(split, store, reporter, description=f"backbone features: {name}", worker=cluster.index,
                       workers=cluster.workers)
@@ -44,7 +43,7 @@ def cached_features(data: Dataset, store: cache.FeatureStore, reporter, folder: 
 def train_head(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,
                store: cache.FeatureStore) -> Phase:
     def run(backup_dir):
-        with tempfile.TemporaryDirectory(dir=store.folder, prefix=cache.SCRATCH_PREFIX) as scratch:
+        with cache.scratch_folder(store.folder) as scratch:
             train, val = cached_features(data, store, reporter, Path(scratch), spec.seed, with_test=not spec.fine_tunes)
             batch = global_batch(spec)
             return fit(

@@ -3,10 +3,9 @@
 Phase 1 is feature extraction (a random head's large gradients would wreck the pretrained
 features). Phase 2 unfreezes the top `--unfreeze-blocks K` blocks, or the top `--unfreeze N`
 weighted layers (all: every one), keeps every BatchNorm frozen and in inference mode, trains
-at `fine_tune_learning_rate` (default: a tenth of the head's) on augmented images streamed
-from the data stage, with early
-stopping that restores the best weights. `--gradual` unfreezes one more block per stage for
-as long as the validation loss improves, and keeps the best stage.
+at `fine_tune_learning_rate` (default: a tenth of the head's) on augmented images streamed from
+the data stage, with early stopping that restores the best weights. `--gradual` unfreezes one
+more block per stage for as long as the validation loss improves, and keeps the best stage.
 """
 from __future__ import annotations
 

@@ -107,8 +107,9 @@ def fit(
     backup_dir: Path | None = None,
 ) -> Phase:
     """Train on `train` (a shuffled tf.data pipeline of `examples` examples in batches of
-    `global_batch`) with early stopping on `validation`; under a multi-worker strategy each
-    worker runs 1/workers of the steps."""
+    `global_batch`) with early stopping on `validation`; under a multi-worker strategy every
+    worker runs every step on its share of each batch (each reads the whole pipeline and keeps
+    its share: the DATA policy)."""
     cluster = distributed.cluster()
     with cluster.scope():
         model.compile(
