@@ -48,7 +48,8 @@ class Cluster:
 
         strategy = self.strategy
         flag = tf.constant(1.0 if ok else 0.0)
-        return bool(strategy.reduce("MIN", strategy.run(tf.function(lambda: tf.identity(flag))), axis=None) > 0)
+        agreeing = strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.identity(flag))), axis=None)
+        return int(agreeing) == self.workers
 
 
 def parse_tf_config(text: str) -> tuple[int, int]:
