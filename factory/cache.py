@@ -101,8 +101,10 @@ class FeatureStore:
     `feature_fn` (uint8 images -> features) computes what the cache lacks."""
 
     def __init__(self, folder: Path, extractor: str, *, backbone: str, input_size: int, dim: int,
-                 feature_fn=None, shard: str = LOCAL_SHARD):
-        self.folder, self.extractor, self.feature_fn = Path(folder), extractor, feature_fn
+                 feature_fn=None, shard: str = LOCAL_SHARD, touch_all: bool = True):
+        """`touch_all`: mark entries used in every file that holds them, not only in `shard`'s
+        (the workers of a cluster write only their own file)."""
+        self.folder, self.extractor, self.feature_fn, self.touch_all = Path(folder), extractor, feature_fn, touch_all
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -148,9 +150,12 @@ class FeatureStore:
                 for chunk, marks in _chunks([k for k in wanted if k not in found]):
                     here.update(db.execute(f"SELECT key, vector FROM features WHERE extractor = ? AND key IN ({marks})",
                                            (self.extractor, *chunk)))
-                for chunk, marks in _chunks(list(here)):
-                    db.execute(f"UPDATE features SET used = ? WHERE extractor = ? AND key IN ({marks})",
-                               (now, self.extractor, *chunk))
+                if here and (self.touch_all or path == self.own):
+                    db.execute("BEGIN IMMEDIATE")
+                    for chunk, marks in _chunks(list(here)):
+                        db.execute(f"UPDATE features SET used = ? WHERE extractor = ? AND key IN ({marks})",
+                                   (now, self.extractor, *chunk))
+                    db.execute("COMMIT")
                 found.update(here)
         absent = [k for k in wanted if k not in found]
         if absent:
@@ -178,7 +183,7 @@ def open_store(classifier, folder: Path | None, shard: str | None = None):
         size = classifier.backbone.input_size
         yield FeatureStore(folder, extractor_fingerprint(classifier, size), backbone=classifier.backbone.name,
                            input_size=size, dim=int(classifier.feature_model.output_shape[-1]),
-                           feature_fn=classifier.feature_fn(), shard=shard or LOCAL_SHARD)
+                           feature_fn=classifier.feature_fn(), shard=shard or LOCAL_SHARD, touch_all=shard is None)
 
 
 def extract(split: Split, store: FeatureStore, reporter, *, description: str, worker: int = 0,
@@ -212,8 +217,6 @@ def extract(split: Split, store: FeatureStore, reporter, *, description: str, wo
     store.extract_seconds += time.perf_counter() - start
     reporter.finish(task)
     return len(mine)
-
-
 
 
 @dataclass

@@ -193,6 +193,7 @@ class ArtifactReport:
     accuracy: float  # of the artifact itself, in its runtime
     min_agreement: float  # the threshold it is held to
     description: dict  # stored number types
+    verify_seconds: float = 0.0  # running it on the test split in its runtime
     latency: dict | None = None
 
     @property
@@ -212,7 +213,7 @@ class ArtifactReport:
             "files": [str(f.relative_to(out_dir)) for f in files],
             "bytes": sum(f.stat().st_size for f in files),
             "sha256": manifest.sha256(self.artifact.path),
-            "convert_seconds": self.artifact.convert_seconds,
+            "convert_seconds": self.artifact.convert_seconds, "verify_seconds": self.verify_seconds,
             "agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "accuracy": self.accuracy,
             "min_agreement": self.min_agreement,
             "passes_gate": self.passes_gate,
@@ -261,10 +262,12 @@ def verify(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode
            spec: ExportSpec) -> ArtifactReport:
     """Run the artifact in its own runtime on the whole test split and compare it with Keras."""
     test = prepared.data.test
+    start = time.perf_counter()
     probs = np.concatenate([target.predict(artifact, images) for images, _ in test.batches(VERIFY_BATCH)])
     report = parity.compare(trained.test_probs, probs, test.labels)
     return ArtifactReport(artifact, mode, **report, min_agreement=spec.threshold(mode),
-                          description=target.describe(artifact))
+                          description=target.describe(artifact),
+                          verify_seconds=round(time.perf_counter() - start, 2))
 
 
 def gate(report: ArtifactReport) -> None:
