@@ -76,7 +76,8 @@ def build(limit: int, size: int, cache: Path, out: Path) -> dict:
     artifact = manifest["artifacts"][0]
     return {"seconds": round(wall, 1), "images_per_s": round(limit / wall, 1), "peak_rss_gb": round(rss, 3),
             "test_accuracy": round(manifest["metrics"]["keras_test_accuracy"], 4),
-            "tflite_agreement": artifact["agreement"], "feature_cache": manifest["metrics"]["feature_cache"],
+            "tflite_agreement": artifact["agreement"], "tflite_verify_seconds": artifact["verify_seconds"],
+            "tflite_convert_seconds": artifact["convert_seconds"], "feature_cache": manifest["metrics"]["feature_cache"],
             "phases": manifest["strategy"]["phases"]}
 
 
