@@ -1,14 +1,14 @@
 """On-disk cache of frozen-backbone features, one entry per image, so the backbone runs once
 per image, ever: a build over a folder with 100 new images extracts only those 100, and a
-build killed mid-extraction resumes from what it had written.
+build killed mid-extraction resumes from what it had committed (every couple of seconds).
 
 An entry is keyed on (extractor, image): the extractor fingerprint covers everything that
 decides a feature vector (the backbone's weights, hashed, its normalization, the input size
 and the decoder), the image key is its content hash (factory.data). Entries live in SQLite
 files in the cache folder: one per machine for one-process builds (processes on one machine
 share it under SQLite's lock) and one per worker of a multi-worker build, so no two machines
-write one file; readers read them all. Every batch is committed as it is extracted. The
-folder comes from factory.specs.CacheSpec.
+write one file; readers read them all. Extracted features are committed every COMMIT_EVERY_S
+seconds (one fsync'd transaction each). The folder comes from factory.specs.CacheSpec.
 
 For training, a split's features are copied from the cache into a flat float32 file (rows in
 a seeded random order) that the head reads back as a tf.data stream: memory stays flat.
@@ -23,7 +23,6 @@ import socket
 import sqlite3
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ SHARD_SUFFIX = ".sqlite"
 LOCAL_SHARD = "local-" + re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]  # one file per machine
 SCRATCH_PREFIX = "scratch-"  # a build's flat feature files, removed when its training ends
 EXTRACT_BATCH = 64
+COMMIT_EVERY_S = 2.0  # extracted features are committed at least this often (a kill loses less)
 KEYS_PER_QUERY = 500  # SQLite's default limit on bound parameters is 999
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS features (
@@ -115,6 +115,7 @@ class FeatureStore:
         self.requested: set[str] = set()  # keys of every image asked for
         self.extracted = 0  # images this process ran the backbone on
         self.extract_seconds = 0.0
+        self._staged: list[tuple] = []  # rows waiting for `commit`
         with opened(self.own) as db:
             db.execute("INSERT OR IGNORE INTO extractors VALUES (?, ?, ?, ?)", (extractor, backbone, input_size, dim))
 
@@ -129,14 +130,20 @@ class FeatureStore:
                         f"SELECT key FROM features WHERE extractor = ? AND key IN ({marks})", (self.extractor, *chunk)))
         return found
 
-    def put(self, keys: list[str], vectors: np.ndarray) -> None:
-        """Store one batch in one transaction: a kill loses at most the batch in flight."""
+    def stage(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Queue features for the next `commit`."""
         now = time.time()
-        rows = [(self.extractor, k, np.asarray(v, np.float32).tobytes(), now) for k, v in zip(keys, vectors)]
+        self._staged += [(self.extractor, k, np.asarray(v, np.float32).tobytes(), now) for k, v in zip(keys, vectors)]
+
+    def commit(self) -> None:
+        """Write the staged features in one transaction: a kill loses only what is staged."""
+        if not self._staged:
+            return
         with opened(self.own) as db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", self._staged)
             db.execute("COMMIT")
+        self._staged = []
 
     def vectors(self, keys: list[str]) -> np.ndarray:
         """float32 [len(keys), dim], in the order of `keys`; every key must be cached. The entries
@@ -201,19 +208,19 @@ def extract(split: Split, store: FeatureStore, reporter, *, description: str, wo
         return 0
     task = reporter.start(description, total=len(mine), unit="images")
     todo = split.subset(mine)
-    done, start = 0, time.perf_counter()
-    with ThreadPoolExecutor(1) as writer:  # each batch is committed while the next one is computed
-        pending = None
+    start = last_commit = time.perf_counter()
+    done = 0
+    try:
         for images, _ in todo.batches(EXTRACT_BATCH):
-            vectors = store.feature_fn(images)
-            if pending:
-                pending.result()
-            pending = writer.submit(store.put, todo.keys[done:done + len(images)], vectors)
+            store.stage(todo.keys[done:done + len(images)], store.feature_fn(images))
             done += len(images)
-            store.extracted += len(images)
+            if time.perf_counter() - last_commit >= COMMIT_EVERY_S:
+                store.commit()
+                last_commit = time.perf_counter()
             reporter.advance(task, len(images))
-        if pending:
-            pending.result()
+    finally:  # what was extracted before an error or an interrupt is kept too
+        store.commit()
+    store.extracted += done
     store.extract_seconds += time.perf_counter() - start
     reporter.finish(task)
     return len(mine)
