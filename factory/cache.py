@@ -113,6 +113,7 @@ class FeatureStore:
         self.own = self.folder / (shard + SHARD_SUFFIX)
         self.dim = dim
         self.requested: set[str] = set()  # keys of every image asked for
+        self.lacked: set[str] = set()  # of those, the ones the cache did not hold when asked
         self.extracted = 0  # images this process ran the backbone on
         self.extract_seconds = 0.0
         self._staged: list[tuple] = []  # rows waiting for `commit`
@@ -174,8 +175,9 @@ class FeatureStore:
 
 
 def summary(store: FeatureStore) -> dict:
-    """What the cache saved this build: images asked for, found cached, extracted (and how long)."""
-    return {"images": len(store.requested), "cached": len(store.requested) - store.extracted,
+    """What the cache saved this build: images asked for, found cached, extracted by this
+    process (and how long; in a cluster the other workers extracted the rest)."""
+    return {"images": len(store.requested), "cached": len(store.requested - store.lacked),
             "extracted": store.extracted, "extract_seconds": round(store.extract_seconds, 2)}
 
 
@@ -203,6 +205,7 @@ def extract(split: Split, store: FeatureStore, reporter, *, description: str, wo
     first = {}  # one position per distinct key: duplicates are extracted once
     for p in missing:
         first.setdefault(split.keys[p], p)
+    store.lacked.update(first)
     mine = [p for key, p in first.items() if int(key[:8], 16) % workers == worker]
     if not mine:
         return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from factory.progress import Silent
 from targets.errors import FactoryError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
@@ -167,12 +168,12 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
         items, labels, class_names = _folder_source(Path(source))
     keep = _stratified_subset(labels, spec.limit, seed)
     kept_items, kept_labels, keys, skipped = [], [], [], []
-    task = reporter.start("checking images", total=len(keep), unit="images") if reporter else None
+    reporter = reporter or Silent()
+    task = reporter.start("checking images", total=len(keep), unit="images")
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         checks = pool.map(lambda i: _try(content_key, items[i], input_size), keep)
         for index, (key, error) in zip(keep, checks):
-            if reporter:
-                reporter.advance(task)
+            reporter.advance(task)
             if error is not None:
                 if spec.strict:
                     pool.shutdown(wait=False, cancel_futures=True)  # the first bad image ends it
@@ -182,8 +183,7 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
             kept_items.append(items[index])
             kept_labels.append(labels[index])
             keys.append(key)
-    if reporter:
-        reporter.finish(task)
+    reporter.finish(task)
     if not kept_items:
         raise FactoryError(f"--data {source}: no readable images")
     labels_arr = np.asarray(kept_labels, dtype=np.int64)

@@ -24,7 +24,7 @@ def cached_features(data: Dataset, store: cache.FeatureStore, reporter, folder: 
     lacks (the test split's too with `with_test`: a frozen backbone's model is evaluated on them)."""
     cluster = distributed.cluster()
     splits = (("train", data.train), ("validation", data.val)) + ((("test", data.test),) if with_test else ())
-    known = len(store.cached([key for _, split in splits for key in split.keys]))
+    lacked_before = len(store.lacked)
     for name, split in splits:
         cache.extract(split, store, reporter, description=f"backbone features: {name}", worker=cluster.index,
                       workers=cluster.workers)
@@ -34,6 +34,7 @@ def cached_features(data: Dataset, store: cache.FeatureStore, reporter, folder: 
             cache.extract(split, store, reporter, description=f"backbone features: {name} "
                           "(other workers' share: is --cache-dir shared?)")
     distinct = len({key for _, split in splits for key in split.keys})
+    known = distinct - (len(store.lacked) - lacked_before)  # a later call finds the earlier one's work cached
     reporter.note(f"feature cache: {known:,} of {distinct:,} images were cached, "
                   f"{store.extracted:,} extracted by this process ({store.folder})")
     return (cache.write_split(data.train, store, folder / "train.f32", seed),
