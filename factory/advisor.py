@@ -1,83 +1,361 @@
-"""Strategy advisor: a cheap probe on frozen features, then a recommendation with its evidence.
+"""Strategy advisor: a measured race between the candidate strategies on the user's own split.
 
-The probe trains a linear head on cached backbone features with 25%, 50% and 100% of the
-training split (a learning curve) and counts images per class. The rules follow the usual
-transfer-learning advice: little data, or frozen features that already separate the classes,
-favour feature extraction; a learning curve still climbing, with enough images per class,
-says the features are not yet adapted to this domain and fine-tuning the top blocks pays.
+The candidates are feature extraction and fine-tuning the top 2 blocks, the top 5 blocks or
+the whole backbone (FINE_TUNE_CANDIDATES). They share their first phase, the head trained on
+frozen, cached features, which *is* the feature-extraction candidate trained fully. Then
+successive halving: each fine-tuning candidate continues from that head (its own copy of the
+model, the fine-tuning recipe of a real build: augmented images streamed from the data stage,
+the lower learning rate, BatchNorm frozen) for a quarter of an epoch; the better half goes on
+with twice as many images, and so on until one is left or the budget is spent.
+
+Every candidate is measured on the validation split after its last step. The verdict is a
+paired bootstrap over those validation images: a candidate whose accuracy is not clearly
+below the leader's (the 95% interval of the difference reaches 0) is tied with it, and among
+tied candidates the cheapest to train fully is recommended ("too close to call: take the
+cheaper one"). Nothing here is a threshold fitted to some dataset.
+
+The race costs at most COST_SHARE of training every candidate fully (extraction counted once,
+as the feature cache shares it; full fine-tuning projected from the speed measured in the
+race), and at most `budget_s` seconds when given (checked between training steps; the head is
+always trained, as every candidate needs it).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from factory.cache import FeatureSplit
+from factory import cache as cache_lib, classifier as classifier_lib, evaluation
+from factory.progress import Reporter
+from factory.specs import ADVISOR_COST_SHARE as COST_SHARE, TrainingSpec
+from factory.strategies import feature_extraction, fine_tuning
+from factory.strategies.session import TrainingSession
+from factory.strategies.training import Phase, augmenter, fit
 from targets.tf_setup import keras
 
-FRACTIONS = (0.25, 0.5, 1.0)
-MIN_PER_CLASS_TO_FINE_TUNE = 50
-SEPARABLE_ACCURACY = 0.97  # linear probe this good: fine-tuning has little to add
-CLIMBING = 0.01  # accuracy gained from 50% to 100% of the data that counts as "still climbing"
+FINE_TUNE_CANDIDATES = (2, 5, None)  # top K blocks; None: the whole backbone
+FIRST_STEP_EPOCHS = 0.25  # each fine-tuning candidate's first step, in epochs of the training split
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+@dataclass
+class Trial:
+    """One candidate in the race and what was measured of it."""
+
+    name: str
+    spec: TrainingSpec  # the candidate's recipe
+    classifier: classifier_lib.Classifier | None = None  # its own model (fine-tuning candidates)
+    images: int = 0  # images trained on in the race (fine-tuning steps)
+    seconds: float = 0.0  # race time spent on it: training and validation
+    seconds_per_image: float | None = None  # training speed, from its latest step
+    warmup_seconds: float = 0.0  # tracing its training function, once
+    validation_seconds: float | None = None  # one pass over the validation split
+    correct: np.ndarray | None = None  # per validation image, after its last step
+    validation_loss: float | None = None
+    stopped: str = ""  # why it stopped before the end of the race
+    interval: tuple[float, float] | None = None  # bootstrap interval of its validation accuracy
+    behind: tuple[float, float, float] | None = None  # leader minus it: mean, interval low, high
+    predict: object = None  # cached inference function of its model
+    history: list = field(default_factory=list)  # (images trained, validation accuracy) after each step
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.correct is None else float(self.correct.mean())
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.spec.fine_tunes
+
+
+@dataclass
+class Race:
+    trials: list[Trial]
+    head: Phase  # the shared first phase
+    shared_seconds: float  # before the head's training: extraction into the cache, feature files
+    train_images: int
+    seconds: float = 0.0
+    cap_seconds: float | None = None
+    budget_reached: bool = False
+    pick: Trial | None = None
+    tied: list[Trial] = field(default_factory=list)
+
+    def full_seconds(self, trial: Trial) -> float | None:
+        """Projected wall time of a build that trains `trial`'s candidate fully (cache warm)."""
+        if not trial.fine_tunes:
+            return self.head.seconds
+        if trial.seconds_per_image is None:
+            return None
+        epoch = self.train_images * trial.seconds_per_image + (trial.validation_seconds or 0)
+        return self.head.seconds + trial.warmup_seconds + trial.spec.fine_tune_epochs * epoch
+
+    def all_full_seconds(self) -> float:
+        """Training every measured candidate fully, extraction once (the cache shares it)."""
+        return self.shared_seconds + sum(s for s in map(self.full_seconds, self.trials) if s is not None)
+
+    def advice(self) -> Advice:
+        pick = self.pick
+        spec = pick.spec
+        leader = max(self.tied, key=lambda t: t.accuracy)
+        if len(self.tied) == 1:
+            runner = max((t for t in self.trials if t is not pick and t.correct is not None),
+                         key=lambda t: t.accuracy, default=None)
+            verdict = "clear"
+            reason = f"{pick.name} leads with {pick.accuracy:.3f} validation accuracy"
+            if runner is not None:
+                mean, low, high = runner.behind
+                reason += (f", {100 * mean:+.1f} points over {runner.name} "
+                           f"(95% interval {100 * low:+.1f} to {100 * high:+.1f})")
+        else:
+            others = [t for t in self.tied if t is not leader]
+            verdict = "too close to call"
+            reason = (f"too close to call: {leader.name} ({leader.accuracy:.3f}) and "
+                      + ", ".join(f"{t.name} ({t.accuracy:.3f}, 95% interval of the difference "
+                                  f"{100 * t.behind[1]:+.1f} to {100 * t.behind[2]:+.1f} points)" for t in others)
+                      + f" are within the noise of the validation split: take the cheaper one, {pick.name}")
+        reasons = [reason]
+        if self.budget_reached:
+            reasons.append("the race stopped at its budget; more training could change the order")
+        return Advice(spec.strategy, spec.unfreeze_blocks, spec.unfreeze, verdict, reasons, self.evidence())
+
+    def evidence(self) -> dict:
+        full = self.all_full_seconds()
+        return {
+            "candidates": [{
+                "name": t.name, "validation_accuracy": t.accuracy,
+                "interval": list(t.interval) if t.interval else None,
+                "behind_leader": list(t.behind) if t.behind else None,
+                "epochs": round(t.images / self.train_images, 2) if t.fine_tunes else self.head.epochs_run,
+                "race_seconds": round(t.seconds, 1),
+                "full_seconds": None if self.full_seconds(t) is None else round(self.full_seconds(t), 1),
+                "stopped": t.stopped, "tied": t in self.tied, "picked": t is self.pick,
+                "steps": [[round(images / self.train_images, 2), round(accuracy, 4)] for images, accuracy in t.history],
+            } for t in self.trials],
+            "validation_images": int(len(self.trials[0].correct)),
+            "race_seconds": round(self.seconds, 1),
+            "shared_seconds": round(self.shared_seconds, 1),
+            "all_full_seconds": round(full, 1),
+            "cost_share": round(self.seconds / full, 3) if full else None,
+            "cap_seconds": None if self.cap_seconds is None else round(self.cap_seconds, 1),
+            "budget_reached": self.budget_reached,
+        }
 
 
 @dataclass
 class Advice:
     strategy: str  # "feature-extraction" or "fine-tune"
     unfreeze_blocks: int | None
-    reasons: list[str] = field(default_factory=list)
-    evidence: dict = field(default_factory=dict)
+    unfreeze: int | None  # fine-tune without blocks: top N layers, None: all
+    verdict: str  # "clear" or "too close to call"
+    reasons: list[str]
+    evidence: dict
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def flags(self) -> str:
+        """The recommendation as `factory build` options."""
+        if self.strategy != "fine-tune":
+            return f"--strategy {self.strategy}"
+        if self.unfreeze_blocks is not None:
+            return f"--strategy fine-tune --unfreeze-blocks {self.unfreeze_blocks}"
+        return f"--strategy fine-tune --unfreeze {'all' if self.unfreeze is None else self.unfreeze}"
 
-def probe(train: FeatureSplit, val: FeatureSplit, num_classes: int, *, seed: int) -> dict:
-    """The evidence: a learning curve of a linear probe on frozen features."""
-    train_x, val_x = train.array(), val.array()
+
+class TrialClock(keras.callbacks.Callback):
+    """Times a trial step batch by batch and stops it once `deadline` (perf_counter) has passed."""
+
+    def __init__(self, deadline: float | None):
+        super().__init__()
+        self.deadline, self.ends = deadline, []  # (perf_counter, steps done) at each batch end
+
+    def on_train_begin(self, logs=None):
+        self.begin = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append((time.perf_counter(), batch + 1))
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.model.stop_training = True
+
+    @property
+    def steps(self) -> int:
+        return self.ends[-1][1] if self.ends else 0
+
+    def seconds_per_step(self) -> tuple[float, float]:
+        """(seconds per step, warm-up seconds): the first step also traces the training function,
+        so the speed comes from the steps after it when there are any."""
+        (first, _), (last, steps) = self.ends[0], self.ends[-1]
+        if steps == 1:
+            return last - self.begin, 0.0
+        per_step = (last - first) / (steps - 1)
+        return per_step, max(0.0, first - self.begin - per_step)
+
+
+def candidates(spec: TrainingSpec) -> list[Trial]:
+    """Feature extraction, then each fine-tuning candidate, cheapest first."""
+    trials = [Trial("feature-extraction", dataclasses.replace(spec, strategy="feature-extraction"))]
+    for blocks in FINE_TUNE_CANDIDATES:
+        if blocks is None:
+            recipe = dataclasses.replace(spec, strategy="fine-tune", unfreeze=None, unfreeze_blocks=None)
+            trials.append(Trial("fine-tune all", recipe))
+        else:
+            recipe = dataclasses.replace(spec, strategy="fine-tune", unfreeze_blocks=blocks)
+            trials.append(Trial(f"fine-tune top {blocks} blocks", recipe))
+    return trials
+
+
+def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, reporter: Reporter,
+         session: TrainingSession, budget_s: float | None = None) -> Race:
+    """Train the head on `classifier` (kept: it is the feature-extraction candidate), race the
+    fine-tuning candidates on copies, and pick one (see the module's doc)."""
+    start = time.perf_counter()
+    trials = candidates(spec)
+    fe, tuners = trials[0], trials[1:]
+    head = feature_extraction.train(classifier, data, fe.spec, reporter, session, store)[0]
+    result = Race(trials, head, time.perf_counter() - start - head.seconds, len(data.train))
+    deadline = None if budget_s is None else start + budget_s
+    measure_start = time.perf_counter()
+    probs = evaluation.evaluate_on_features(classifier.head, store, data.val)
+    _record(fe, probs, data.val.labels)
+    fe.seconds = head.seconds + time.perf_counter() - measure_start
+    for trial in tuners:
+        trial.classifier = classifier_lib.build(classifier.backbone, len(data.class_names), spec.dropout)
+        trial.classifier.model.set_weights(classifier.model.get_weights())
+        fine_tuning.unfreeze(trial.classifier, trial.spec)
+        trial.predict = classifier_lib.inference_fn(trial.classifier.model)
+
+    batch = feature_extraction.global_batch(spec)
+    steps = max(1, round(math.ceil(len(data.train) / batch) * FIRST_STEP_EPOCHS))
+    alive, rung, rung_deadline = list(tuners), 0, deadline
+    while alive:
+        for trial in alive:
+            if rung_deadline is not None and time.perf_counter() >= rung_deadline:
+                trial.stopped = "budget"
+                result.budget_reached = True
+                continue
+            _step(trial, data, steps, batch, rung, reporter, rung_deadline)
+        alive = [t for t in alive if not t.stopped]
+        result.cap_seconds = COST_SHARE * result.all_full_seconds()  # from the speeds measured so far
+        if budget_s is not None:
+            result.cap_seconds = min(result.cap_seconds, budget_s)
+        if len(alive) <= 1:
+            break
+        alive.sort(key=lambda t: (-t.accuracy, result.full_seconds(t)))
+        keep = math.ceil(len(alive) / 2)
+        for trial in alive[keep:]:
+            trial.stopped = f"behind after {trial.images / len(data.train):.2f} epochs"
+        alive, rung = alive[:keep], rung + 1
+        # the next rung: twice the images each, within the cap (its validation passes included)
+        rung_deadline = start + result.cap_seconds - sum(t.validation_seconds for t in alive)
+        affordable = int((rung_deadline - time.perf_counter()) / (batch * sum(t.seconds_per_image for t in alive)))
+        steps = min(steps * 2, affordable)
+        if steps < 1:
+            for trial in alive:
+                trial.stopped = "budget"
+            result.budget_reached = True
+            break
+    result.seconds = time.perf_counter() - start
+    _verdict(result, spec.seed)
+    return result
+
+
+def _record(trial: Trial, probs: np.ndarray, labels: np.ndarray) -> None:
+    trial.correct = probs.argmax(1) == labels
+    trial.validation_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-7))))
+
+
+def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadline) -> None:
+    """Train `trial` for `steps` more batches (at most until `deadline`), then validate it."""
+    spec = trial.spec
+    augment = augmenter(spec.seed) if spec.augments else None
+    train = data.train.dataset(batch, shuffle_seed=spec.seed + rung, augment=augment).repeat()
+    clock = TrialClock(deadline)
+    started = time.perf_counter()
+    fit(trial.classifier.model, train, None, steps_per_epoch=steps, examples=steps * batch, name=f"race: {trial.name}",
+        epochs=1, learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
+        reporter=reporter, class_weight=feature_extraction.class_weights(data, spec), compiled=trial.images > 0,
+        steps_per_execution=1, callbacks=(clock,))
+    if clock.steps:
+        per_step, warmup = clock.seconds_per_step()
+        trial.seconds_per_image = per_step / batch
+        if not trial.images:
+            trial.warmup_seconds = warmup
+        trial.images += clock.steps * batch
+    validated = time.perf_counter()
+    probs = evaluation.predictions(trial.predict, data.val, reporter, description=f"race: {trial.name}: validation")
+    _record(trial, probs, data.val.labels)
+    trial.history.append((trial.images, trial.accuracy))
+    trial.validation_seconds = time.perf_counter() - validated
+    trial.seconds += time.perf_counter() - started
+
+
+def _verdict(result: Race, seed: int) -> None:
+    """The leader, the candidates tied with it (paired bootstrap on the validation split) and
+    the pick: the cheapest of those to train fully."""
+    measured = [t for t in result.trials if t.correct is not None]
+    leader = max(measured, key=lambda t: (t.accuracy, -(result.full_seconds(t) or math.inf)))
+    count = len(leader.correct)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(train_x))
-    curve = {}
-    for fraction in FRACTIONS:
-        keep = order[: max(num_classes, int(fraction * len(order)))]
-        curve[fraction] = _linear_probe(train_x[keep], train.labels[keep], val_x, val.labels, num_classes, seed)
-    counts = np.bincount(train.labels, minlength=num_classes)
-    return {
-        "learning_curve": {f"{int(f * 100)}%": round(a, 4) for f, a in curve.items()},
-        "probe_accuracy": round(curve[1.0], 4),
-        "gain_last_half": round(curve[1.0] - curve[0.5], 4),
-        "images_per_class_min": int(counts.min()),
-        "images_per_class_median": float(np.median(counts)),
-        "classes": num_classes,
-    }
+    samples = {id(t): [] for t in measured}
+    for _ in range(0, RESAMPLES, 200):  # in chunks: [200, n] indices at a time
+        picks = rng.integers(0, count, (200, count))
+        for trial in measured:
+            samples[id(trial)].append(trial.correct[picks].mean(1))
+    low, high = (1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2
+    lead = np.concatenate(samples[id(leader)])
+    for trial in measured:
+        accuracy = np.concatenate(samples[id(trial)])
+        trial.interval = tuple(float(q) for q in np.quantile(accuracy, [low, high]))
+        difference = lead - accuracy
+        low_difference, high_difference = (float(q) for q in np.quantile(difference, [low, high]))
+        trial.behind = (float(leader.accuracy - trial.accuracy), low_difference, high_difference)
+    result.tied = [t for t in measured if t.behind[1] <= 0]
+    result.pick = min(result.tied, key=lambda t: result.full_seconds(t) or math.inf)
 
 
-def _linear_probe(x, y, val_x, val_y, num_classes: int, seed: int) -> float:
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(num_classes, activation="softmax")])
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, validation_data=(val_x, val_y), epochs=40, batch_size=32, verbose=0, callbacks=[
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
-    return float(model.evaluate(val_x, val_y, verbose=0)[1])
+def train_winner(result: Race, classifier, data, spec: TrainingSpec, reporter: Reporter,
+                 session: TrainingSession) -> tuple[TrainingSpec, list[Phase]]:
+    """`--strategy auto`: the race's pick, trained fully. `classifier` already holds the trained
+    head; a fine-tuning pick continues from its trial's weights for the epochs its recipe has
+    left. Returns the recipe trained and its phases."""
+    pick = result.pick
+    phases = [result.head]
+    if pick.fine_tunes:
+        classifier.model.set_weights(pick.classifier.model.get_weights())
+    for trial in result.trials:  # the trials' models are not needed any more
+        trial.classifier = trial.predict = None
+    if not pick.fine_tunes:
+        return pick.spec, phases
+    name = fine_tuning.unfreeze(classifier, pick.spec)
+    epochs_done = pick.images / len(data.train)
+    phases.append(Phase(f"race: {pick.name}", math.ceil(epochs_done), math.ceil(epochs_done),
+                        pick.validation_loss, pick.accuracy, round(pick.seconds, 2)))
+    epochs = max(1, pick.spec.fine_tune_epochs - int(epochs_done))
+    phases.append(fine_tuning.fit_backbone(classifier, data, pick.spec, reporter, session, name, epochs=epochs))
+    return pick.spec, phases
 
 
-def recommend(evidence: dict) -> Advice:
-    per_class = evidence["images_per_class_min"]
-    accuracy, gain = evidence["probe_accuracy"], evidence["gain_last_half"]
-    if per_class < MIN_PER_CLASS_TO_FINE_TUNE:
-        return Advice("feature-extraction", None, [
-            f"only {per_class} training images in the smallest class (< {MIN_PER_CLASS_TO_FINE_TUNE}): "
-            "fine-tuning would overfit"], evidence)
-    if accuracy >= SEPARABLE_ACCURACY:
-        return Advice("feature-extraction", None, [
-            f"a linear probe on frozen features already reaches {accuracy:.3f} (>= {SEPARABLE_ACCURACY})"], evidence)
-    if gain >= CLIMBING:
-        blocks = 2 if per_class < 200 else 3 if per_class < 1000 else 5
-        return Advice("fine-tune", blocks, [
-            f"the linear probe is at {accuracy:.3f} and still gained {gain:+.3f} from 50% to 100% of the data: "
-            "the frozen features are not adapted to this domain",
-            f"{per_class}+ images per class support unfreezing the top {blocks} blocks at a low learning rate",
-        ], evidence)
-    return Advice("feature-extraction", None, [
-        f"the linear probe is at {accuracy:.3f} and flat ({gain:+.3f} from 50% to 100% of the data): "
-        "more adaptation is unlikely to pay for its cost"], evidence)
+def table_lines(evidence: dict) -> list[str]:
+    """The race as a table that fits 80 columns."""
+    lines = [f"{'candidate':23}{'val acc':>8}{'95% interval':>14}{'epochs':>8}{'race':>8}{'full':>9}  note"]
+    for c in evidence["candidates"]:
+        accuracy = "-" if c["validation_accuracy"] is None else f"{c['validation_accuracy']:.3f}"
+        interval = "-" if not c["interval"] else f"{c['interval'][0]:.3f}-{c['interval'][1]:.3f}"
+        full = "-" if c["full_seconds"] is None else _duration(c["full_seconds"])
+        note = "picked" if c["picked"] else "tied" if c["tied"] else c["stopped"] or "behind"
+        lines.append(f"{c['name']:23}{accuracy:>8}{interval:>14}{c['epochs']:>8}"
+                     f"{_duration(c['race_seconds']):>8}{full:>9}  {note}")
+    share = evidence["cost_share"]
+    lines.append(f"race {_duration(evidence['race_seconds'])}: "
+                 + (f"{share:.0%} of training every candidate fully " if share is not None else "")
+                 + f"(~{_duration(evidence['all_full_seconds'])}); "
+                 f"{evidence['validation_images']:,} validation images")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"

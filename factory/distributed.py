@@ -74,13 +74,16 @@ def parse_tf_config(text: str) -> tuple[int, int]:
     return len(workers), index
 
 
+def configured() -> tuple[int, int]:
+    """(workers, index) that TF_CONFIG describes, (1, 0) without it; starts nothing."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    return parse_tf_config(text) if text else (1, 0)
+
+
 @lru_cache(maxsize=1)
 def cluster() -> Cluster:
     """This process's cluster: one local worker, or its place in TF_CONFIG's cluster."""
-    text = os.environ.get("TF_CONFIG", "").strip()
-    if not text:
-        return Cluster()
-    workers, index = parse_tf_config(text)
+    workers, index = configured()
     if workers == 1:
         return Cluster()
     from targets.tf_setup import tf

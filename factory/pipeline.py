@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from factory import (backbones, cache as cache_lib, classifier as classifier_lib, data as data_lib, distributed,
-                     manifest, staging, store, strategies)
+from factory import (advisor, backbones, cache as cache_lib, classifier as classifier_lib, data as data_lib,
+                     distributed, manifest, staging, store, strategies)
+from factory.evaluation import evaluate, evaluate_on_features
 from factory.progress import Reporter, Silent
 from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
                            weights_fingerprint)
@@ -76,27 +77,6 @@ class TrainedModel:
         return float(np.mean(self.test_probs.argmax(1) == self.test_labels))
 
 
-def evaluate(model: keras.Model, split, reporter: Reporter = Silent(), batch_size: int = 64) -> np.ndarray:
-    """The model's probabilities on every example of `split`, batch by batch."""
-    predict = classifier_lib.inference_fn(model)
-    task = reporter.start("evaluating on the test split", total=len(split), unit="images")
-    probs = []
-    for images, _ in split.batches(batch_size):
-        probs.append(predict(images))
-        reporter.advance(task, len(images))
-    reporter.finish(task)
-    return np.concatenate(probs)
-
-
-def evaluate_on_features(head: keras.Model, store: cache_lib.FeatureStore, split, reporter: Reporter,
-                         batch_size: int = 2048) -> np.ndarray:
-    """The probabilities of a model whose backbone is `store`'s frozen extractor, from cached features."""
-    cache_lib.extract(split, store, reporter, description="backbone features: test")  # none missing, normally
-    predict = classifier_lib.inference_fn(head)
-    return np.concatenate([predict(store.vectors(split.keys[start:start + batch_size]))
-                           for start in range(0, len(split), batch_size)])
-
-
 def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: CacheSpec = CacheSpec(),
           reporter: Reporter = Silent(), checkpoint: Path | None = None, resume: bool = False) -> TrainedModel:
     """Build the classifier and train it with the spec's strategy (the advisor's, for auto).
@@ -104,6 +84,8 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     With a `checkpoint` folder every finished phase and epoch is saved there, and `resume`
     continues from it; the caller removes it once the result is safe.
     """
+    if spec.strategy == "auto":
+        _single_process("--strategy auto")
     keras.utils.set_random_seed(spec.seed)
     data = prepared.data
     cluster = distributed.cluster()
@@ -112,15 +94,15 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     extractor = classifier if cluster.strategy is None else classifier_lib.build(prepared.backbone, 1)
     start = time.perf_counter()
     advice = None
+    fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
+    session = TrainingSession(classifier.model, checkpoint, fingerprint, resume, writer=cluster.is_chief)
+    if session.resumed:
+        reporter.note(f"resuming after {len(session.done)} finished phase(s) from {checkpoint}")
     with cache_lib.open_store(extractor, cache.store_folder, cluster.shard) as features:
         if spec.strategy == "auto":
-            advice = _advice(data, spec.seed, features, reporter)
-            spec = dataclasses.replace(spec, strategy=advice.strategy, unfreeze_blocks=advice.unfreeze_blocks)
-        fingerprint = weights_fingerprint(prepared.data_spec, prepared.backbone_spec, spec)
-        session = TrainingSession(classifier.model, checkpoint, fingerprint, resume, writer=cluster.is_chief)
-        if session.resumed:
-            reporter.note(f"resuming after {len(session.done)} finished phase(s) from {checkpoint}")
-        phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
+            advice, spec, phases = _race(classifier, data, spec, features, reporter, session)
+        else:
+            phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
         if cluster.strategy is not None:
             classifier = _plain_copy(classifier, prepared, spec)
         if spec.fine_tunes:
@@ -133,7 +115,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
         model=classifier.model, normalization=prepared.backbone.normalization,
         test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
-        advice=advice.as_dict() if advice else None, classifier=classifier, feature_cache=feature_cache,
+        advice=advice, classifier=classifier, feature_cache=feature_cache,
     )
 
 
@@ -147,25 +129,32 @@ def _plain_copy(trained: classifier_lib.Classifier, prepared: Prepared, spec: Tr
     return plain
 
 
-def advise(prepared: Prepared, seed: int, cache: CacheSpec = CacheSpec(), reporter: Reporter = Silent()):
-    """The advisor's recommendation for this data (a linear probe on frozen features)."""
-    classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
+def advise(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), cache: CacheSpec = CacheSpec(),
+           reporter: Reporter = Silent()):
+    """The advisor's verdict for this data: a measured race of the candidate strategies."""
+    _single_process("the advisor")
+    keras.utils.set_random_seed(spec.seed)
+    classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names), spec.dropout)
     with cache_lib.open_store(classifier, cache.store_folder) as features:
-        return _advice(prepared.data, seed, features, reporter)
+        race = advisor.race(classifier, prepared.data, spec, features, reporter, TrainingSession(classifier.model),
+                            spec.advisor_budget_s)
+    return race.advice()
 
 
-def _advice(data, seed: int, features: cache_lib.FeatureStore, reporter: Reporter):
-    from factory import advisor
-    from factory.strategies.feature_extraction import cached_features
+def _race(classifier, data, spec: TrainingSpec, features, reporter: Reporter, session: TrainingSession):
+    """--strategy auto: race the candidates, then train the pick fully from where its trial stopped."""
+    race = advisor.race(classifier, data, spec, features, reporter, session, spec.advisor_budget_s)
+    advice = race.advice()
+    for line in advisor.table_lines(advice.evidence) + [f"advisor: {advice.flags()} -- " + "; ".join(advice.reasons)]:
+        reporter.note(line)
+    chosen, phases = advisor.train_winner(race, classifier, data, spec, reporter, session)
+    return advice.as_dict(), chosen, phases
 
-    with cache_lib.scratch_folder(features.folder) as scratch:
-        train, val = cached_features(data, features, reporter, Path(scratch), seed)
-        task = reporter.start("advisor probe (linear head, learning curve)", total=1)
-        advice = advisor.recommend(advisor.probe(train, val, len(data.class_names), seed=seed))
-    reporter.finish(task)
-    blocks = f", top {advice.unfreeze_blocks} blocks" if advice.unfreeze_blocks else ""
-    reporter.note(f"advisor: {advice.strategy}{blocks} -- " + "; ".join(advice.reasons))
-    return advice
+
+def _single_process(what: str) -> None:
+    if distributed.configured()[0] > 1:
+        raise FactoryError(f"{what} runs in one process, not across the workers of TF_CONFIG: run "
+                           "`factory advise` on one machine and pass its recommendation to the cluster build")
 
 
 def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> TrainedModel:
@@ -326,6 +315,8 @@ class BuildResult:
 def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
     """Every stage in order. In a multi-worker build (TF_CONFIG) every worker trains; only the
     chief exports, writes `out` and publishes, and the other workers return None."""
+    if spec.training.strategy == "auto":
+        _single_process("--strategy auto")
     cluster = distributed.cluster()  # before any other TensorFlow op
     out = Path(spec.out)
     if spec.publish:

@@ -25,6 +25,7 @@ from targets import registry
 from targets.errors import FactoryError
 
 DEFAULT_SEED = 0
+ADVISOR_COST_SHARE = 0.3  # the advisor's race costs at most this share of training every candidate fully
 
 
 def _check(condition: bool, message: str) -> None:
@@ -80,6 +81,7 @@ class TrainingSpec:
     dropout: float = 0.2
     patience: int = 5  # early stopping: epochs without a better validation loss
     seed: int = DEFAULT_SEED  # of the weight initialization and the shuffling
+    advisor_budget_s: float | None = None  # auto: the advisor's race stops its trials after this many seconds
 
     def __post_init__(self):
         choices = (*strategies.NAMES, "auto")
@@ -94,6 +96,7 @@ class TrainingSpec:
         _check(self.fine_tune_learning_rate is None or self.fine_tune_learning_rate > 0,
                "--fine-tune-learning-rate must be positive")
         _check(0 <= self.dropout < 1, f"--dropout {self.dropout} must be in [0, 1)")
+        _check(self.advisor_budget_s is None or self.advisor_budget_s > 0, "--budget-s must be positive")
 
     @property
     def fine_tunes(self) -> bool:
@@ -186,6 +189,11 @@ class BuildSpec:
     cache: CacheSpec = field(default_factory=CacheSpec)
     resume: bool = False  # continue an interrupted build from its checkpoint
 
+    def __post_init__(self):
+        _check(not (self.resume and self.training.strategy == "auto"),
+               "--resume does not work with --strategy auto (its race is timed and may pick differently): run "
+               "`factory advise`, then build and resume with the strategy it recommends")
+
     @property
     def checkpoint_dir(self) -> Path:
         """Where an unfinished build keeps its checkpoint: a hidden folder beside --out."""
@@ -204,7 +212,7 @@ class BuildSpec:
             "epochs": training.epochs, "fine_tune_epochs": training.fine_tune_epochs,
             "learning_rate": training.learning_rate, "fine_tune_learning_rate": training.backbone_learning_rate,
             "batch_size": training.batch_size, "dropout": training.dropout, "patience": training.patience,
-            "seed": training.seed, "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
+            "seed": training.seed, "advisor_budget_s": training.advisor_budget_s, "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
             "test_fraction": data.test_fraction, "strict_data": data.strict, "targets": list(export.targets),
             "quantize": list(export.quantize), "min_agreement": export.min_agreement,
             "calibration_size": export.calibration_size, "int8_io": export.int8_io, "qat_epochs": export.qat_epochs,

@@ -93,9 +93,7 @@ def test_baseline_runs_side_by_side_and_ratios_are_recorded(bench_run):
     assert "faster than the baseline recipe" in output
 
 
-def test_advisor_recommendation_is_checked_against_the_winner(bench_run):
-    from test_strategy_engineering import advise_in_a_fresh_process
-
+def test_advisor_verdict_is_checked_against_the_winner(bench_run):
     run, results, output = bench_run
     trained = [s for s in results["strategies"] if s["status"] == "ok"]
     assert results["measured_winner"] == max(trained, key=lambda s: s["keras_accuracy"])["strategy"]
@@ -104,10 +102,15 @@ def test_advisor_recommendation_is_checked_against_the_winner(bench_run):
                     if r["status"] == "ok" and r["strategy"] != "baseline"}
     assert results["measured_winner"] == max(accuracy, key=accuracy.get)
     family = "feature-extraction" if results["measured_winner"] == "feature-extraction" else "fine-tune"
-    recommended, _ = advise_in_a_fresh_process("--data", "digits", "--input-size", "48")  # the advisor on its own
-    assert results["advice"]["strategy"] == recommended
-    assert results["advisor_matches"] == (recommended == family)
-    assert "Advisor recommended" in output
+    advice = results["advice"]
+    candidates = advice["evidence"]["candidates"]
+    picked = [c["name"] for c in candidates if c["picked"]]
+    assert len(candidates) == 4 and len(picked) == 1
+    assert advice["strategy"] == ("feature-extraction" if picked == ["feature-extraction"] else "fine-tune")
+    tied = {"feature-extraction" if c["name"] == "feature-extraction" else "fine-tune" for c in candidates if c["tied"]}
+    assert results["advisor_matches"] == (advice["strategy"] == family or family in tied)
+    assert f"Advisor's race picked {picked[0]}" in output
+    assert "The advisor's race" in (run / "report.html").read_text()
 
 
 def test_csv_plots_and_html_report(bench_run):

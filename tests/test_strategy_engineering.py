@@ -1,16 +1,14 @@
-"""Feature cache, block unfreezing, resume after a kill, advisor and gradient-flow report."""
+"""Block unfreezing, resume after a kill and the gradient-flow report."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 
-from factory import advisor, backbones, classifier
+from factory import backbones, classifier
 from factory.classifier import is_batch_norm, layer_groups, unfreeze_top_blocks
 from factory.gradient_flow import gradient_flow
 from factory.specs import BackboneSpec
@@ -40,29 +38,6 @@ def test_gradient_flow_reports_only_unfrozen_blocks(fashion_small):
     assert by_group["block15"]["grad_norm"] > 0 and by_group["top"]["grad_norm"] > 0
     assert by_group["head"]["grad_norm"] > 0
     assert by_group["block14"]["trainable_params"] == 0 and by_group["block14"]["grad_norm"] == 0
-
-
-def test_advisor_rules():
-    base = {"images_per_class_min": 300, "probe_accuracy": 0.85, "gain_last_half": 0.03}
-    assert advisor.recommend(base).strategy == "fine-tune"
-    assert advisor.recommend(base).unfreeze_blocks == 3
-    assert advisor.recommend({**base, "images_per_class_min": 20}).strategy == "feature-extraction"
-    assert advisor.recommend({**base, "probe_accuracy": 0.99}).strategy == "feature-extraction"
-    assert advisor.recommend({**base, "gain_last_half": 0.0}).strategy == "feature-extraction"
-
-
-def test_advisor_probe_learning_curve_on_real_data(fashion_small, tmp_path):
-    from factory import cache
-    from factory.progress import Silent
-    from factory.strategies.feature_extraction import cached_features
-
-    model = classifier.build(backbones.resolve(BackboneSpec(input_size=64)), 10)
-    with cache.open_store(model, tmp_path / "cache") as store:
-        train, val = cached_features(fashion_small, store, Silent(), tmp_path, seed=0)
-        evidence = advisor.probe(train, val, 10, seed=0)
-    assert list(evidence["learning_curve"]) == ["25%", "50%", "100%"]
-    assert evidence["probe_accuracy"] > 0.5 and evidence["images_per_class_min"] == 42
-    assert advisor.recommend(evidence).reasons
 
 
 FACTORY = [sys.executable, "-c", "from factory.cli import main; main()"]
@@ -103,30 +78,3 @@ def test_build_resumes_after_being_killed(tmp_path):
     assert [p["name"] for p in manifest["strategy"]["phases"]] == ["head", "fine-tune top 2 blocks"]
     assert manifest["metrics"]["keras_test_accuracy"] > 0.5
     assert not checkpoint.exists()
-
-
-def advise_in_a_fresh_process(*args) -> tuple[str, int | None]:
-    """`factory advise`'s recommendation, as printed: (strategy, unfreeze blocks or None)."""
-    result = subprocess.run(FACTORY + ["advise", *args], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    match = re.search(r"recommendation: --strategy (\S+)(?: --unfreeze-blocks (\d+))?", result.stdout)
-    return match.group(1), int(match.group(2)) if match.group(2) else None
-
-
-def test_strategy_auto_follows_the_advisor(tmp_path):
-    result = subprocess.run(FACTORY + ["build", "--quiet", "--data", "digits", "--input-size", "32", "--strategy", "auto",
-                                       "--fine-tune-epochs", "2", "--latency-runs", "0", "--out", str(tmp_path / "b")],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    strategy = json.loads((tmp_path / "b" / "manifest.json").read_text())["strategy"]
-    advice = strategy["advice"]
-    assert strategy["name"] == advice["strategy"] and advice["reasons"]
-    assert set(advice["evidence"]["learning_curve"]) == {"25%", "50%", "100%"}
-    # the advisor run on its own reaches the same verdict, and the build trained exactly that
-    recommended, blocks = advise_in_a_fresh_process("--data", "digits", "--input-size", "32")
-    assert strategy["name"] == recommended
-    phases = [p["name"] for p in strategy["phases"]]
-    if recommended == "fine-tune":
-        assert phases == ["head", f"fine-tune top {blocks} blocks"] and strategy["trainable_layers"] > 1
-    else:
-        assert phases == ["head"] and strategy["trainable_layers"] == 1

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from factory import classifier as classifier_lib, pipeline
+from factory.evaluation import evaluate
 from factory.bench.memory import PeakMemory
 from factory.strategies.training import ProgressCallback
 from targets import registry
@@ -59,7 +60,7 @@ def run(handle: str, spec, out_dir: str, reporter) -> dict:
                   callbacks=[ProgressCallback(reporter, "baseline fit", training.epochs, len(data.train),
                                               training.batch_size)])
         train_seconds = time.perf_counter() - start
-    trained = pipeline.TrainedModel(model, UNIT_RANGE, pipeline.evaluate(model, data.test), data.test.labels,
+    trained = pipeline.TrainedModel(model, UNIT_RANGE, evaluate(model, data.test), data.test.labels,
                                     spec=training)
     tflite = registry.get("tflite")
     float32 = tflite.mode("float32")

@@ -9,6 +9,7 @@ keeps what it measured. Every step is a pipeline stage (factory.pipeline).
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def run(spec: BenchSpec, reporter) -> dict:
             _run_strategy(cell, spec, cache, artifact_plan, prepared, scratch, results, progress)
             keras.backend.clear_session()
         if spec.advisor and results["advice"] is None:  # no feature-extraction cell to share a cache with
-            results["advice"] = _advise(prepared, CacheSpec(folder=scratch / "cache" / "advisor"), reporter)
+            results["advice"] = _advise(prepared, spec, CacheSpec(folder=scratch / "cache" / "advisor"), reporter)
             progress.done("advisor")
         if spec.baseline:
             results["baseline"] = _baseline(prepared, spec, scratch, reporter)
@@ -87,8 +88,8 @@ def _run_strategy(cell: StrategyCell, spec: BenchSpec, cache: CacheSpec, artifac
         return
     if cell.training.strategy == "feature-extraction":
         result.row["warm_cache_train_seconds"] = _warm_rebuild_seconds(prepared, cell, cache)
-        if spec.advisor:  # the probe reuses this cell's feature cache
-            results["advice"] = _advise(prepared, cache, reporter)
+        if spec.advisor:  # the race reuses this cell's feature cache
+            results["advice"] = _advise(prepared, spec, cache, reporter)
             progress.done("advisor")
     artifact_dir = (Path(spec.out) / "artifacts" if spec.keep_artifacts else scratch / "artifacts") / cell.slug
     artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -160,9 +161,11 @@ def _failed_artifact(cell: StrategyCell, target: str, mode: str, reason: str) ->
             "status": "failed", "error": reason}
 
 
-def _advise(prepared, cache: CacheSpec, reporter) -> dict:
+def _advise(prepared, spec: BenchSpec, cache: CacheSpec, reporter) -> dict:
+    """The advisor's race on the grid's data, with the grid's training recipe."""
     try:
-        return pipeline.advise(prepared, prepared.data_spec.seed, cache).as_dict()
+        training = dataclasses.replace(spec.training, strategy="auto")
+        return pipeline.advise(prepared, training, cache, reporter).as_dict()
     except Exception as exc:
         reporter.note(f"[red]advisor failed:[/] {one_line(exc)}")
         return {"status": "failed", "error": one_line(exc)}

@@ -215,6 +215,12 @@ def html_report(results: dict, out: Path) -> str:
              (f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits "
               f"{html.escape(str(data['splits']))}, {len(data['classes'])} classes, input {data['input_size']} px.</p>")]
     parts.append("<h2>Which strategy, which artifact</h2>" + _summary_html(results))
+    if (results.get("advice") or {}).get("evidence"):
+        from factory.advisor import table_lines
+
+        parts.append("<h2>The advisor's race</h2><p>Short trials of each candidate on the validation split; "
+                     "losers stop early. 'full' is the projected time to train a candidate fully.</p><pre>"
+                     + html.escape("\n".join(table_lines(results["advice"]["evidence"]))) + "</pre>")
     parts.append("<h2>Accuracy against latency</h2>" + _image(out / PLOTS["accuracy_vs_latency"], "accuracy vs latency"))
     body, classes = artifact_table_rows(results)
     parts.append("<h2>Artifacts</h2><p>Accuracy is measured on the artifact itself in its runtime (LiteRT, "
@@ -245,11 +251,10 @@ def summary_lines(results: dict) -> list[str]:
                      f"{winner['keras_accuracy']:.4f}, trained in {winner['train_seconds']:.0f} s).")
     advice = results.get("advice")
     if advice and advice.get("strategy"):
-        blocks = f", top {advice['unfreeze_blocks']} blocks" if advice.get("unfreeze_blocks") else ""
+        picked = next(c["name"] for c in advice["evidence"]["candidates"] if c["picked"])
         verdict = {True: "matches the measured winner", False: "does NOT match the measured winner",
                    None: "could not be checked"}[results.get("advisor_matches")]
-        lines.append(f"Advisor recommended {advice['strategy']}{blocks}: {verdict} (because "
-                     + "; ".join(advice.get("reasons", [])) + ").")
+        lines.append(f"Advisor's race picked {picked}: {verdict} (" + "; ".join(advice.get("reasons", [])) + ").")
     elif advice:
         lines.append(f"Advisor failed: {advice.get('error')}")
     frontier = pareto(results["artifacts"])

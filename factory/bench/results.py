@@ -121,7 +121,8 @@ def finish(results: dict, budget_ms: float | None, budget_kb: float | None) -> N
     advice = results["advice"]
     if best and advice and advice.get("strategy"):
         family = "feature-extraction" if best["strategy"] == "feature-extraction" else "fine-tune"
-        results["advisor_matches"] = advice["strategy"] == family
+        tied = {_family(c["name"]) for c in advice["evidence"]["candidates"] if c["tied"]}
+        results["advisor_matches"] = advice["strategy"] == family or family in tied  # too close: either is right
     else:
         results["advisor_matches"] = None
     results["ratios"] = ratios(results)
@@ -129,6 +130,10 @@ def finish(results: dict, budget_ms: float | None, budget_kb: float | None) -> N
         chosen = pick(results["artifacts"], budget_ms, budget_kb)
         results["budget"] = {"ms": budget_ms, "kb": budget_kb, "pick": _key(chosen) if chosen else None}
     results["complete"] = True
+
+
+def _family(candidate: str) -> str:
+    return "feature-extraction" if candidate == "feature-extraction" else "fine-tune"
 
 
 def _key(row: dict) -> dict:

@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from factory.backbones import DEFAULT_BACKBONE
-from factory.cli.common import (BackboneOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet, SeedOption,
-                                WeightsOption, app, console, data_and_backbone, modes_help, one_line_errors, size_text)
+from factory.cli.common import (BackboneOption, BudgetOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet,
+                                SeedOption, WeightsOption, app, console, data_and_backbone, modes_help, one_line_errors,
+                                size_text)
 from factory.specs import DEFAULT_SEED, BuildSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
 from targets import registry
 from targets.errors import FactoryError
@@ -84,6 +85,7 @@ def build(
                                                             "(default: learning rate / 10)."),
     batch_size: int = typer.Option(TRAINING.batch_size, help="Images per training step."),
     patience: int = typer.Option(TRAINING.patience, help="Early stopping: epochs without validation-loss improvement."),
+    budget_s: BudgetOption = None,
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,
     strict_data: bool = typer.Option(DataSpec.strict, help="Fail on the first unreadable image instead of skipping "
@@ -101,7 +103,7 @@ def build(
             strategy=strategy, unfreeze=_parse_unfreeze(unfreeze), unfreeze_blocks=unfreeze_blocks, gradual=gradual,
             augment=augment, class_weights=class_weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
             learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size,
-            patience=patience, seed=seed),
+            patience=patience, seed=seed, advisor_budget_s=budget_s),
         export=ExportSpec(
             targets=tuple(target), quantize=tuple(quantize), min_agreement=min_agreement,
             calibration_size=calibration_size, int8_io=int8_io, qat_epochs=qat_epochs, latency_runs=latency_runs),
@@ -176,23 +178,27 @@ def advise(
     backbone: BackboneOption = DEFAULT_BACKBONE,
     weights: WeightsOption = None,
     input_size: InputSizeOption = None,
+    fine_tune_epochs: int = typer.Option(TRAINING.fine_tune_epochs, help="Epochs a full fine-tuning build would "
+                                         "train (its cost is projected from them)."),
+    budget_s: BudgetOption = None,
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,
+    quiet: Quiet = False,
     debug: Debug = False,
 ):
-    """Probe DATA with a linear head on frozen features and recommend a strategy, with the evidence."""
+    """Race the candidate strategies on DATA (short, budgeted trials) and recommend one, with the evidence."""
     data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed)
-    from factory import pipeline
+    training = TrainingSpec(strategy="auto", fine_tune_epochs=fine_tune_epochs, seed=seed, advisor_budget_s=budget_s)
+    from factory import advisor, pipeline
+    from factory.progress import Reporter
 
-    advice = pipeline.advise(pipeline.prepare(data_spec, backbone_spec), seed)
-    evidence = advice.evidence
-    console.print(f"learning curve (linear probe, validation accuracy): {evidence['learning_curve']}")
-    console.print(f"images per class: min {evidence['images_per_class_min']}, "
-                  f"median {evidence['images_per_class_median']:.0f}; classes {evidence['classes']}")
-    blocks = f" --unfreeze-blocks {advice.unfreeze_blocks}" if advice.unfreeze_blocks else ""
-    console.print(f"[bold]recommendation:[/] --strategy {advice.strategy}{blocks}")
+    with Reporter(enabled=not quiet) as reporter:
+        advice = pipeline.advise(pipeline.prepare(data_spec, backbone_spec, reporter), training, reporter=reporter)
+    for line in advisor.table_lines(advice.evidence):
+        console.print(line, highlight=False)
+    console.print(f"[bold]recommendation:[/] {advice.flags()}")
     for reason in advice.reasons:
-        console.print(f"  - {reason}")
+        console.print(f"  - {reason}", highlight=False)
 
 
 @app.command()

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from typing_extensions import Annotated
 
+from factory.specs import ADVISOR_COST_SHARE
 from targets import registry
 from targets.errors import FactoryError
 
@@ -69,6 +70,9 @@ InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size 
 LimitOption = Annotated[Optional[int], typer.Option(help="Use a stratified subset of this many images (0: all).")]
 SeedOption = Annotated[int, typer.Option(help="Seed for subsetting, splitting and training.")]
 Quiet = Annotated[bool, typer.Option(help="No progress display.")]
+BudgetOption = Annotated[Optional[float], typer.Option(
+    "--budget-s", help="The advisor's race (--strategy auto): stop its trials after this many seconds (default: "
+    f"at {ADVISOR_COST_SHARE:.0%} of the projected time to train every candidate fully).")]
 
 
 def data_and_backbone(data: str, backbone: str, weights: Path | None, input_size: int | None, limit: int | None,

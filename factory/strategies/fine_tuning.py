@@ -19,7 +19,8 @@ from factory.strategies.training import Phase, augmenter, fit
 from targets.errors import FactoryError
 
 
-def _fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name) -> Phase:
+def fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name, epochs: int | None = None) -> Phase:
+    """Phase 2: train the unfrozen layers for `epochs` (default: the spec's fine-tune epochs)."""
     batch = feature_extraction.global_batch(spec)
     augment = augmenter(spec.seed) if spec.augments else None
     return session.run(name, lambda backup_dir: fit(
@@ -27,7 +28,7 @@ def _fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name)
         data.train.dataset(batch, shuffle_seed=spec.seed, augment=augment), data.val.dataset(batch),
         examples=len(data.train),
         name=name,
-        epochs=spec.fine_tune_epochs,
+        epochs=epochs or spec.fine_tune_epochs,
         learning_rate=spec.backbone_learning_rate,
         global_batch=batch,
         patience=spec.patience,
@@ -42,6 +43,11 @@ def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
     phases = feature_extraction.train(classifier, data, spec, reporter, session, store)
     if spec.gradual:
         return phases + _gradual(classifier, data, spec, reporter, session, phases[-1])
+    return phases + [fit_backbone(classifier, data, spec, reporter, session, unfreeze(classifier, spec))]
+
+
+def unfreeze(classifier: Classifier, spec: TrainingSpec) -> str:
+    """Unfreeze what the spec says (top blocks, or top layers); returns the phase's name."""
     if spec.unfreeze_blocks is not None:
         unfrozen = unfreeze_top_blocks(classifier, spec.unfreeze_blocks)
         name = f"fine-tune top {spec.unfreeze_blocks} blocks"
@@ -50,7 +56,7 @@ def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
         name = f"fine-tune top {len(unfrozen)}"
     if not unfrozen:
         raise FactoryError("--unfreeze 0 leaves nothing to fine-tune; use --strategy feature-extraction")
-    return phases + [_fit_backbone(classifier, data, spec, reporter, session, name)]
+    return name
 
 
 def _gradual(classifier, data, spec: TrainingSpec, reporter, session, head_phase: Phase) -> list[Phase]:
@@ -58,7 +64,7 @@ def _gradual(classifier, data, spec: TrainingSpec, reporter, session, head_phase
     phases, best = [], head_phase.best_val_loss
     for blocks in range(1, limit + 1):
         unfreeze_top_blocks(classifier, blocks)
-        phase = _fit_backbone(classifier, data, spec, reporter, session, f"gradual: top {blocks} blocks")
+        phase = fit_backbone(classifier, data, spec, reporter, session, f"gradual: top {blocks} blocks")
         phases.append(phase)
         if phase.best_val_loss >= best:
             session.revert_last()  # this stage did not help: keep the previous stage's weights

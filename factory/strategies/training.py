@@ -21,8 +21,8 @@ class Phase:
     name: str
     epochs_run: int
     best_epoch: int
-    best_val_loss: float
-    best_val_accuracy: float
+    best_val_loss: float | None  # None: trained without a validation pass (an advisor trial step)
+    best_val_accuracy: float | None
     seconds: float
 
     def as_dict(self) -> dict:
@@ -52,10 +52,10 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        validation = f" val_acc {logs['val_accuracy']:.3f}" if "val_accuracy" in logs else ""
         self.reporter.update(
             self.task,
-            f"{self.description} epoch {epoch + 1}/{self.epochs}: "
-            f"loss {logs.get('loss', 0):.3f} val_acc {logs.get('val_accuracy', 0):.3f}",
+            f"{self.description} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', 0):.3f}{validation}",
             completed=(epoch + 1) * self.examples,
         )
         self.done = (epoch + 1) * self.examples
@@ -96,6 +96,7 @@ def fit(
     train,
     validation,
     *,
+    steps_per_epoch: int | None = None,
     examples: int,
     name: str,
     epochs: int,
@@ -105,30 +106,43 @@ def fit(
     reporter,
     class_weight: dict | None = None,
     backup_dir: Path | None = None,
+    compiled: bool = False,
+    steps_per_execution: int = STEPS_PER_EXECUTION,
+    callbacks: tuple = (),
 ) -> Phase:
-    """Train on `train` (a shuffled tf.data pipeline of `examples` examples in batches of
-    `global_batch`) with early stopping on `validation`; under a multi-worker strategy every
+    """Train on `train` (a shuffled tf.data pipeline of `examples` examples per epoch in batches
+    of `global_batch`) with early stopping on `validation`; under a multi-worker strategy every
     worker runs every step on its share of each batch (each reads the whole pipeline and keeps
-    its share: the DATA policy)."""
+    its share: the DATA policy).
+
+    An epoch is `steps_per_epoch` batches when given (`train` must then repeat). `compiled`:
+    continue with the model's optimizer as it is (its state kept, nothing traced again).
+    Without `validation` there is no early stopping: every epoch runs."""
     cluster = distributed.cluster()
-    with cluster.scope():
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            steps_per_execution=STEPS_PER_EXECUTION,
-        )
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-        ProgressCallback(reporter, name, epochs, examples, global_batch),
-    ]
+    if not compiled:
+        with cluster.scope():
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                steps_per_execution=steps_per_execution,
+            )
+    callbacks = [ProgressCallback(reporter, name, epochs, examples, global_batch), *callbacks]
+    if validation is not None:
+        callbacks.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                          restore_best_weights=True))
+        validation = distributable(validation, cluster)
     if backup_dir is not None:  # model + optimizer + epoch after every epoch; removed on success
         callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup_dir)))
     start = time.perf_counter()
     history = model.fit(
-        distributable(train, cluster), validation_data=distributable(validation, cluster), epochs=epochs,
+        distributable(train, cluster), validation_data=validation, epochs=epochs, steps_per_epoch=steps_per_epoch,
         class_weight=class_weight, verbose=0, callbacks=callbacks,
     )
+    seconds = round(time.perf_counter() - start, 2)
+    if validation is None:
+        epochs_run = len(history.history["loss"])
+        return Phase(name, epochs_run, epochs_run, None, None, seconds)
     val_loss = history.history["val_loss"]
     best = int(np.argmin(val_loss))
     return Phase(
@@ -137,5 +151,5 @@ def fit(
         best_epoch=best + 1,
         best_val_loss=float(val_loss[best]),
         best_val_accuracy=float(history.history["val_accuracy"][best]),
-        seconds=round(time.perf_counter() - start, 2),
+        seconds=seconds,
     )

@@ -1,0 +1,184 @@
+"""The advisor's race: successive halving, the cost cap and --budget-s, the tie verdict, and
+--strategy auto continuing the winning trial (real digits, real EfficientNet-Lite0 weights)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from factory import advisor, cache, classifier as classifier_lib, pipeline
+from factory.classifier import is_batch_norm, layer_groups
+from factory.progress import Silent
+from factory.specs import BackboneSpec, DataSpec, TrainingSpec
+from factory.strategies import fine_tuning
+from factory.strategies.session import TrainingSession
+from factory.strategies.training import Phase
+
+FACTORY = [sys.executable, "-c", "from factory.cli import main; main()"]
+RACE_SPEC = TrainingSpec(strategy="auto", epochs=10, fine_tune_epochs=4)
+
+
+@pytest.fixture(scope="module")
+def digits_32():
+    return pipeline.prepare(DataSpec("digits"), BackboneSpec(input_size=32))
+
+
+def run_race(prepared, folder, budget_s=None):
+    model = classifier_lib.build(prepared.backbone, len(prepared.data.class_names))
+    with cache.open_store(model, folder) as store:
+        result = advisor.race(model, prepared.data, RACE_SPEC, store, Silent(), TrainingSession(model.model), budget_s)
+    return model, result
+
+
+def test_race_halves_the_field_and_stops_the_losers_early(digits_32, tmp_path, monkeypatch):
+    monkeypatch.setattr(advisor, "COST_SHARE", 10.0)  # no cost cap: the race runs to its end
+    _, race = run_race(digits_32, tmp_path)
+    fe, *tuners = race.trials
+    assert [t.name for t in tuners] == ["fine-tune top 2 blocks", "fine-tune top 5 blocks", "fine-tune all"]
+    assert fe.images == 0 and fe.correct is not None and race.head.name == "head"
+    steps = sorted(len(t.history) for t in tuners)
+    assert steps == [1, 2, 3]  # 3 candidates, then the better 2, then the best one
+    first, second, last = sorted(tuners, key=lambda t: len(t.history))
+    # each rung doubles the images; a loser was behind the candidates that went on, at that rung
+    assert first.images < second.images < last.images
+    assert last.history[1][0] - last.history[0][0] == 2 * last.history[0][0]
+    assert first.history[0][1] <= min(second.history[0][1], last.history[0][1])
+    assert second.history[1][1] <= last.history[1][1]
+    assert first.stopped.startswith("behind") and second.stopped.startswith("behind") and not last.stopped
+    assert race.pick in race.tied
+    assert race.pick is min(race.tied, key=race.full_seconds)
+    evidence = race.advice().evidence
+    assert 0 < evidence["cost_share"] < 1 and evidence["race_seconds"] > 0
+
+
+def test_the_cost_cap_ends_the_race_after_its_first_step(digits_32, tmp_path, monkeypatch):
+    monkeypatch.setattr(advisor, "COST_SHARE", 0.01)  # spent once every candidate has had its first step
+    _, race = run_race(digits_32, tmp_path)
+    tuners = race.trials[1:]
+    assert all(len(t.history) == 1 for t in tuners)  # measured once each, nobody went on
+    assert race.budget_reached and {t.stopped for t in tuners} <= {"budget", "behind after 0.25 epochs"}
+    assert "stopped at its budget" in " ".join(race.advice().reasons)
+
+
+def test_budget_s_stops_the_trials(digits_32, tmp_path):
+    _, race = run_race(digits_32, tmp_path, budget_s=0.5)  # spent by the head, which always trains
+    fe, *tuners = race.trials
+    assert all(t.images == 0 and t.correct is None and t.stopped == "budget" for t in tuners)
+    assert race.pick is fe and race.budget_reached
+    advice = race.advice()
+    assert advice.flags() == "--strategy feature-extraction"
+    assert [c["validation_accuracy"] for c in advice.evidence["candidates"][1:]] == [None, None, None]
+
+
+def synthetic_race(fe_correct, ft_correct) -> advisor.Race:
+    """A race whose validation results are given: feature extraction against top-2 fine-tuning."""
+    fe, ft = advisor.candidates(TrainingSpec(strategy="auto"))[:2]
+    for trial, correct in ((fe, fe_correct), (ft, ft_correct)):
+        trial.correct = np.asarray(correct, bool)
+        trial.history = [(trial.images, trial.accuracy)]
+    ft.images, ft.seconds_per_image, ft.validation_seconds = 250, 0.01, 1.0
+    race = advisor.Race([fe, ft], Phase("head", 10, 10, 0.3, 0.9, 5.0), shared_seconds=2.0, train_images=1000)
+    advisor._verdict(race, seed=0)
+    return race
+
+
+def test_a_difference_within_the_noise_is_too_close_to_call():
+    rng = np.random.default_rng(0)
+    fe = rng.random(400) < 0.90
+    ft = fe.copy()
+    ft[np.flatnonzero(~fe)[:3]] = True  # fine-tuning gets 3 more of 400 right: within the noise
+    race = synthetic_race(fe, ft)
+    advice = race.advice()
+    assert race.trials[1].accuracy > race.trials[0].accuracy
+    assert advice.verdict == "too close to call" and len(race.tied) == 2
+    assert advice.flags() == "--strategy feature-extraction"  # the cheaper one
+    assert "take the cheaper one, feature-extraction" in advice.reasons[0]
+
+
+def test_a_clear_lead_picks_the_leader():
+    rng = np.random.default_rng(0)
+    fe = rng.random(400) < 0.85
+    ft = fe.copy()
+    ft[np.flatnonzero(~fe)[:30]] = True  # 30 more of 400 right: 7.5 points
+    race = synthetic_race(fe, ft)
+    advice = race.advice()
+    assert advice.verdict == "clear" and race.tied == [race.trials[1]]
+    assert advice.flags() == "--strategy fine-tune --unfreeze-blocks 2"
+    low = race.trials[0].behind[1]
+    assert 0 < low < 0.075 and "over feature-extraction" in advice.reasons[0]
+
+
+def test_auto_continues_the_winning_trial(digits_32, tmp_path, monkeypatch):
+    monkeypatch.setattr(advisor, "FINE_TUNE_CANDIDATES", (2,))
+    model, race = run_race(digits_32, tmp_path)
+    trial = race.trials[1]
+    race.pick = trial  # whatever the verdict: what happens to a fine-tuning pick
+    trial_weights = [w.copy() for w in trial.classifier.model.get_weights()]
+    started_from = {}
+    real_fit = fine_tuning.fit
+
+    def recording_fit(model_to_train, *args, **kwargs):
+        started_from["weights"] = model_to_train.get_weights()
+        started_from["trainable"] = {l.name for l in model_to_train.layers if l.trainable and l.trainable_weights}
+        started_from["epochs"] = kwargs["epochs"]
+        return real_fit(model_to_train, *args, **kwargs)
+
+    monkeypatch.setattr(fine_tuning, "fit", recording_fit)
+    chosen, phases = advisor.train_winner(race, model, digits_32.data, RACE_SPEC, Silent(),
+                                          TrainingSession(model.model))
+    assert all(np.array_equal(a, b) for a, b in zip(started_from["weights"], trial_weights))
+    top_two = {l.name for _, layers in layer_groups(model)[-2:] for l in layers if l.weights and not is_batch_norm(l)}
+    assert started_from["trainable"] == top_two | {"factory_head_classifier"}
+    assert started_from["epochs"] == RACE_SPEC.fine_tune_epochs - int(trial.images / len(digits_32.data.train))
+    assert chosen.strategy == "fine-tune" and chosen.unfreeze_blocks == 2
+    assert [p.name for p in phases] == ["head", "race: fine-tune top 2 blocks", "fine-tune top 2 blocks"]
+    assert not any(np.array_equal(a, b) for a, b in zip(model.model.get_weights()[-2:], trial_weights[-2:]))
+
+
+def test_build_auto_trains_the_race_pick_and_advise_prints_it(tmp_path):
+    result = subprocess.run(FACTORY + ["build", "--quiet", "--data", "digits", "--input-size", "32",
+                                       "--strategy", "auto", "--fine-tune-epochs", "2", "--latency-runs", "0",
+                                       "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    strategy = json.loads((tmp_path / "b" / "manifest.json").read_text())["strategy"]
+    candidates = strategy["advice"]["evidence"]["candidates"]
+    picked = [c["name"] for c in candidates if c["picked"]]
+    assert len(candidates) == 4 and len(picked) == 1 and strategy["advice"]["reasons"]
+    phases = [p["name"] for p in strategy["phases"]]
+    if picked == ["feature-extraction"]:
+        assert strategy["name"] == "feature-extraction" and phases == ["head"]
+    else:
+        assert strategy["name"] == "fine-tune" and phases[:2] == ["head", f"race: {picked[0]}"]
+        assert len(phases) == 3 and strategy["trainable_layers"] > 1
+
+    advised = subprocess.run(FACTORY + ["advise", "--quiet", "--data", "digits", "--input-size", "32",
+                                        "--budget-s", "1"], capture_output=True, text=True, timeout=600)
+    assert advised.returncode == 0, advised.stderr[-2000:]
+    rows = re.findall(r"^(feature-extraction|fine-tune \S+(?: \S+ blocks)?)\s+(\S+)", advised.stdout, re.M)
+    assert [name for name, _ in rows] == [c["name"] for c in candidates]
+    assert [accuracy for _, accuracy in rows[1:]] == ["-", "-", "-"]  # the budget stopped every trial
+    assert "recommendation: --strategy feature-extraction" in advised.stdout
+
+
+def test_advise_and_auto_refuse_a_cluster(tmp_path):
+    env = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                    "task": {"type": "worker", "index": 0}})}
+    for args in (["advise", "--data", "digits"],
+                 ["build", "--data", "digits", "--strategy", "auto", "--out", str(tmp_path / "x")]):
+        result = subprocess.run(FACTORY + args, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, **env})
+        assert result.returncode == 2 and "runs in one process" in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "x").exists()
+
+
+def test_options_the_race_cannot_honour_are_refused_before_any_work(tmp_path):
+    from factory.specs import BuildSpec
+    from targets.errors import FactoryError
+
+    with pytest.raises(FactoryError, match="--budget-s must be positive"):
+        TrainingSpec(strategy="auto", advisor_budget_s=0)
+    with pytest.raises(FactoryError, match="--resume does not work with --strategy auto"):
+        BuildSpec(DataSpec("digits"), tmp_path / "out", training=TrainingSpec(strategy="auto"), resume=True)
