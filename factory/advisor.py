@@ -84,17 +84,36 @@ class Race:
     tied: list[Trial] = field(default_factory=list)
 
     def full_seconds(self, trial: Trial) -> float | None:
-        """Projected wall time of a build that trains `trial`'s candidate fully (cache warm)."""
+        """Projected wall time of a build that trains `trial`'s candidate fully (cache warm). A
+        candidate not measured yet costs at least what the dearest measured one does (the
+        candidates unfreeze more and more), None before any fine-tuning was measured."""
         if not trial.fine_tunes:
             return self.head.seconds
-        if trial.seconds_per_image is None:
+        measured = [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
+        like = trial if trial.seconds_per_image is not None else max(
+            measured, key=lambda t: t.seconds_per_image, default=None)
+        if like is None:
             return None
-        epoch = self.train_images * trial.seconds_per_image + (trial.validation_seconds or 0)
-        return self.head.seconds + trial.warmup_seconds + trial.spec.fine_tune_epochs * epoch
+        epoch = self.train_images * like.seconds_per_image + (like.validation_seconds or 0)
+        return self.head.seconds + like.warmup_seconds + trial.spec.fine_tune_epochs * epoch
 
     def all_full_seconds(self) -> float:
         """Training every measured candidate fully, extraction once (the cache shares it)."""
         return self.shared_seconds + sum(s for s in map(self.full_seconds, self.trials) if s is not None)
+
+    def deadline(self, start: float, budget_s: float | None) -> float | None:
+        """When the trials must stop: at COST_SHARE of training every candidate fully (projected
+        from the speeds measured so far), or at `budget_s`, less the validation pass still to
+        come; None while nothing has been measured and no budget was given."""
+        measured = [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
+        caps = [budget_s] if budget_s is not None else []
+        if measured:
+            caps.append(COST_SHARE * self.all_full_seconds())
+        if not caps:
+            return None
+        self.cap_seconds = min(caps)
+        validation = max((t.validation_seconds for t in measured), default=0.0)
+        return start + self.cap_seconds - validation
 
     def advice(self) -> Advice:
         pick = self.pick
@@ -216,47 +235,35 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     fe, tuners = trials[0], trials[1:]
     head = feature_extraction.train(classifier, data, fe.spec, reporter, session, store)[0]
     result = Race(trials, head, time.perf_counter() - start - head.seconds, len(data.train))
-    deadline = None if budget_s is None else start + budget_s
     measure_start = time.perf_counter()
     probs = evaluation.evaluate_on_features(classifier.head, store, data.val)
     _record(fe, probs, data.val.labels)
     fe.seconds = head.seconds + time.perf_counter() - measure_start
-    for trial in tuners:
-        trial.classifier = classifier_lib.build(classifier.backbone, len(data.class_names), spec.dropout)
-        trial.classifier.model.set_weights(classifier.model.get_weights())
-        fine_tuning.unfreeze(trial.classifier, trial.spec)
-        trial.predict = classifier_lib.inference_fn(trial.classifier.model)
-
+    head_weights = classifier.model.get_weights()
     batch = feature_extraction.global_batch(spec)
     steps = max(1, round(math.ceil(len(data.train) / batch) * FIRST_STEP_EPOCHS))
-    alive, rung, rung_deadline = list(tuners), 0, deadline
+    alive, rung = list(tuners), 0
     while alive:
         for trial in alive:
-            if rung_deadline is not None and time.perf_counter() >= rung_deadline:
+            deadline = result.deadline(start, budget_s)
+            if deadline is not None and time.perf_counter() >= deadline:
                 trial.stopped = "budget"
                 result.budget_reached = True
                 continue
-            _step(trial, data, steps, batch, rung, reporter, rung_deadline)
+            if trial.classifier is None:  # its own copy of the model, from the trained head
+                trial.classifier = classifier_lib.build(classifier.backbone, len(data.class_names), spec.dropout)
+                trial.classifier.model.set_weights(head_weights)
+                fine_tuning.unfreeze(trial.classifier, trial.spec)
+                trial.predict = classifier_lib.inference_fn(trial.classifier.model)
+            _step(trial, data, steps, batch, rung, reporter, deadline)
         alive = [t for t in alive if not t.stopped]
-        result.cap_seconds = COST_SHARE * result.all_full_seconds()  # from the speeds measured so far
-        if budget_s is not None:
-            result.cap_seconds = min(result.cap_seconds, budget_s)
         if len(alive) <= 1:
             break
         alive.sort(key=lambda t: (-t.accuracy, result.full_seconds(t)))
         keep = math.ceil(len(alive) / 2)
         for trial in alive[keep:]:
             trial.stopped = f"behind after {trial.images / len(data.train):.2f} epochs"
-        alive, rung = alive[:keep], rung + 1
-        # the next rung: twice the images each, within the cap (its validation passes included)
-        rung_deadline = start + result.cap_seconds - sum(t.validation_seconds for t in alive)
-        affordable = int((rung_deadline - time.perf_counter()) / (batch * sum(t.seconds_per_image for t in alive)))
-        steps = min(steps * 2, affordable)
-        if steps < 1:
-            for trial in alive:
-                trial.stopped = "budget"
-            result.budget_reached = True
-            break
+        alive, rung, steps = alive[:keep], rung + 1, steps * 2  # the better half, twice the images each
     result.seconds = time.perf_counter() - start
     _verdict(result, spec.seed)
     return result
