@@ -169,16 +169,16 @@ def measure(name: str, args) -> dict:
     evidence = advice.evidence
     ranked = sorted(full, key=lambda k: -full[k]["test_accuracy"])
     winner, runner_up = ranked[0], ranked[1]
-    margin = full[winner]["test_accuracy"] - full[runner_up]["test_accuracy"]
+    margin = round(full[winner]["test_accuracy"] - full[runner_up]["test_accuracy"], 4)  # no float dust
     pick = next(c["name"] for c in evidence["candidates"] if c["picked"])
     all_full = evidence["shared_seconds"] + sum(f["train_seconds"] for f in full.values())
     return {
         "dataset": name, "description": description, "package": package, "domain": domain,
         "splits": prepared.data.sizes(), "classes": len(prepared.data.class_names),
-        "full": full, "winner": winner, "margin": round(margin, 4),
+        "full": full, "winner": winner, "margin": margin,
         "pick": pick, "verdict": advice.verdict, "reasons": advice.reasons, "race": evidence,
         "pick_behind_winner": round(full[winner]["test_accuracy"] - full[pick]["test_accuracy"], 4),
-        "right": margin <= 0.01 or full[winner]["test_accuracy"] - full[pick]["test_accuracy"] <= 0.005,
+        "right": margin <= 0.01 or round(full[winner]["test_accuracy"] - full[pick]["test_accuracy"], 4) <= 0.005,
         "race_seconds": round(race_seconds, 1), "all_full_seconds": round(all_full, 1),
         "cost_share": round(race_seconds / all_full, 3),
     }

@@ -4,7 +4,7 @@ For each size, in one run and each in a fresh process (its own peak RSS):
   floor   one timed pass of the frozen backbone over the same images (decode + resize + backbone,
           batches of 64): what a build cannot beat. Timed right before and right after the
           build, and the build is compared with the mean of the two: this 2-core VM's speed
-          drifts by 10-20% from one process to the next, and the bracket shows by how much
+          drifts by 10-40% from one process to the next, and the bracket shows by how much
   build   `factory build --strategy feature-extraction --target tflite` with a cold feature cache
           (data stage, extraction, head training, test evaluation, TFLite conversion and parity
           check on the whole test split), wall time and peak RSS

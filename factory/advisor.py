@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from factory import cache as cache_lib, classifier as classifier_lib, evaluation
+from factory.classifier import freeze_backbone
 from factory.progress import Reporter
 from factory.specs import ADVISOR_COST_SHARE as COST_SHARE, TrainingSpec
 from factory.strategies import feature_extraction, fine_tuning
@@ -100,6 +101,17 @@ class Race:
     def all_full_seconds(self) -> float:
         """Training every measured candidate fully, extraction once (the cache shares it)."""
         return self.shared_seconds + sum(s for s in map(self.full_seconds, self.trials) if s is not None)
+
+    def least_step_seconds(self, trial: Trial, batch: int) -> float:
+        """The least a step of `trial` costs: its warm-up (the first time), one batch, its
+        validation pass; from its own measurements, else the dearest measured candidate's."""
+        measured = [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
+        like = trial if trial.seconds_per_image is not None else max(
+            measured, key=lambda t: t.seconds_per_image, default=None)
+        if like is None:
+            return 0.0
+        warmup = like.warmup_seconds if not trial.images else 0.0
+        return warmup + batch * like.seconds_per_image + (like.validation_seconds or 0.0)
 
     def deadline(self, start: float, budget_s: float | None) -> float | None:
         """When the trials must stop: at COST_SHARE of training every candidate fully (projected
@@ -215,6 +227,7 @@ class TrialClock(keras.callbacks.Callback):
 
 def candidates(spec: TrainingSpec) -> list[Trial]:
     """Feature extraction, then each fine-tuning candidate, cheapest first."""
+    spec = dataclasses.replace(spec, gradual=False, advisor_budget_s=None)  # each candidate: one plain recipe
     trials = [Trial("feature-extraction", dataclasses.replace(spec, strategy="feature-extraction"))]
     for blocks in FINE_TUNE_CANDIDATES:
         if blocks is None:
@@ -240,13 +253,15 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     _record(fe, probs, data.val.labels)
     fe.seconds = head.seconds + time.perf_counter() - measure_start
     head_weights = classifier.model.get_weights()
+    tuners = _distinct(tuners, classifier)
+    result.trials = [fe, *tuners]
     batch = feature_extraction.global_batch(spec)
-    steps = max(1, round(math.ceil(len(data.train) / batch) * FIRST_STEP_EPOCHS))
+    steps = max(2, round(math.ceil(len(data.train) / batch) * FIRST_STEP_EPOCHS))  # 2: a speed beside the trace
     alive, rung = list(tuners), 0
     while alive:
         for trial in alive:
             deadline = result.deadline(start, budget_s)
-            if deadline is not None and time.perf_counter() >= deadline:
+            if deadline is not None and time.perf_counter() + result.least_step_seconds(trial, batch) >= deadline:
                 trial.stopped = "budget"
                 result.budget_reached = True
                 continue
@@ -255,7 +270,9 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
                 trial.classifier.model.set_weights(head_weights)
                 fine_tuning.unfreeze(trial.classifier, trial.spec)
                 trial.predict = classifier_lib.inference_fn(trial.classifier.model)
-            _step(trial, data, steps, batch, rung, reporter, deadline)
+            if _step(trial, data, steps, batch, rung, reporter, deadline) < steps:
+                trial.stopped = "budget"  # cut short: not comparable with the others at this rung
+                result.budget_reached = True
         alive = [t for t in alive if not t.stopped]
         if len(alive) <= 1:
             break
@@ -269,13 +286,28 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     return result
 
 
+def _distinct(tuners: list[Trial], classifier) -> list[Trial]:
+    """The fine-tuning candidates that unfreeze different layers: on a backbone with fewer
+    blocks than a candidate asks for, "top K blocks" is all of it, and races once."""
+    kept, seen = [], []
+    for trial in tuners:
+        fine_tuning.unfreeze(classifier, trial.spec)
+        unfrozen = {layer.name for layer in classifier.model.layers if layer.trainable and layer.weights}
+        if unfrozen not in seen:
+            kept.append(trial)
+            seen.append(unfrozen)
+    freeze_backbone(classifier)
+    return kept
+
+
 def _record(trial: Trial, probs: np.ndarray, labels: np.ndarray) -> None:
     trial.correct = probs.argmax(1) == labels
     trial.validation_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-7))))
 
 
-def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadline) -> None:
-    """Train `trial` for `steps` more batches (at most until `deadline`), then validate it."""
+def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadline) -> int:
+    """Train `trial` for `steps` more batches (at most until `deadline`), then validate it;
+    returns the batches it trained."""
     spec = trial.spec
     augment = augmenter(spec.seed) if spec.augments else None
     train = data.train.dataset(batch, shuffle_seed=spec.seed + rung, augment=augment).repeat()
@@ -297,6 +329,7 @@ def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadl
     trial.history.append((trial.images, trial.accuracy))
     trial.validation_seconds = time.perf_counter() - validated
     trial.seconds += time.perf_counter() - started
+    return clock.steps
 
 
 def _verdict(result: Race, seed: int) -> None:
@@ -337,10 +370,10 @@ def train_winner(result: Race, classifier, data, spec: TrainingSpec, reporter: R
     if not pick.fine_tunes:
         return pick.spec, phases
     name = fine_tuning.unfreeze(classifier, pick.spec)
-    epochs_done = pick.images / len(data.train)
-    phases.append(Phase(f"race: {pick.name}", math.ceil(epochs_done), math.ceil(epochs_done),
-                        pick.validation_loss, pick.accuracy, round(pick.seconds, 2)))
-    epochs = max(1, pick.spec.fine_tune_epochs - int(epochs_done))
+    epochs_done = round(pick.images / len(data.train))
+    phases.append(Phase(f"race: {pick.name}", epochs_done, epochs_done, pick.validation_loss, pick.accuracy,
+                        round(pick.seconds, 2)))
+    epochs = max(1, pick.spec.fine_tune_epochs - epochs_done)
     phases.append(fine_tuning.fit_backbone(classifier, data, pick.spec, reporter, session, name, epochs=epochs))
     return pick.spec, phases
 

@@ -96,7 +96,9 @@ class TrainingSpec:
         _check(self.fine_tune_learning_rate is None or self.fine_tune_learning_rate > 0,
                "--fine-tune-learning-rate must be positive")
         _check(0 <= self.dropout < 1, f"--dropout {self.dropout} must be in [0, 1)")
-        _check(self.advisor_budget_s is None or self.advisor_budget_s > 0, "--budget-s must be positive")
+        _check(self.advisor_budget_s is None or 0 < self.advisor_budget_s < float("inf"),
+               f"--budget-s {self.advisor_budget_s} must be a positive number of seconds")
+        _check(self.advisor_budget_s is None or self.strategy == "auto", "--budget-s applies to --strategy auto only")
 
     @property
     def fine_tunes(self) -> bool:
@@ -212,7 +214,8 @@ class BuildSpec:
             "epochs": training.epochs, "fine_tune_epochs": training.fine_tune_epochs,
             "learning_rate": training.learning_rate, "fine_tune_learning_rate": training.backbone_learning_rate,
             "batch_size": training.batch_size, "dropout": training.dropout, "patience": training.patience,
-            "seed": training.seed, "advisor_budget_s": training.advisor_budget_s, "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
+            "seed": training.seed, "advisor_budget_s": training.advisor_budget_s,
+            "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
             "test_fraction": data.test_fraction, "strict_data": data.strict, "targets": list(export.targets),
             "quantize": list(export.quantize), "min_agreement": export.min_agreement,
             "calibration_size": export.calibration_size, "int8_io": export.int8_io, "qat_epochs": export.qat_epochs,

@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from factory import advisor, cache, classifier as classifier_lib, pipeline
+from factory import advisor, backbones, cache, classifier as classifier_lib, pipeline
 from factory.classifier import is_batch_norm, layer_groups
 from factory.progress import Silent
 from factory.specs import BackboneSpec, DataSpec, TrainingSpec
 from factory.strategies import fine_tuning
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase
+from targets.tf_setup import keras, tf
 
 FACTORY = [sys.executable, "-c", "from factory.cli import main; main()"]
 RACE_SPEC = TrainingSpec(strategy="auto", epochs=10, fine_tune_epochs=4)
@@ -66,13 +67,32 @@ def test_the_cost_cap_stops_the_trials(digits_32, tmp_path, monkeypatch):
 
 
 def test_budget_s_stops_the_trials(digits_32, tmp_path):
-    _, race = run_race(digits_32, tmp_path, budget_s=0.5)  # spent by the head, which always trains
+    _, race = run_race(digits_32, tmp_path, budget_s=1e-3)  # spent by the head, which always trains
     fe, *tuners = race.trials
     assert all(t.images == 0 and t.correct is None and t.stopped == "budget" for t in tuners)
     assert race.pick is fe and race.budget_reached
     advice = race.advice()
     assert advice.flags() == "--strategy feature-extraction"
     assert [c["validation_accuracy"] for c in advice.evidence["candidates"][1:]] == [None, None, None]
+
+
+def test_the_trial_clock_stops_a_step_at_its_deadline():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    data = tf.data.Dataset.from_tensors((np.ones((8, 4)), np.ones((8, 2)))).repeat()
+    for deadline, expected in ((0.0, 1), (None, 20)):  # long passed: it stops after the first step
+        clock = advisor.TrialClock(deadline)
+        model.fit(data, steps_per_epoch=20, epochs=1, verbose=0, callbacks=[clock])
+        assert clock.steps == expected
+
+
+def test_candidates_that_unfreeze_the_same_layers_race_once(monkeypatch):
+    monkeypatch.setattr(advisor, "FINE_TUNE_CANDIDATES", (2, 30, None))  # Lite0 has 18 blocks: top 30 is all
+    model = classifier_lib.build(backbones.resolve(BackboneSpec(input_size=32)), 3)
+    tuners = advisor.candidates(TrainingSpec(strategy="auto"))[1:]
+    kept = advisor._distinct(tuners, model)
+    assert [t.name for t in kept] == ["fine-tune top 2 blocks", "fine-tune top 30 blocks"]
+    assert not any(l.trainable for l in model.backbone_layers())  # left as it was: the head's model
 
 
 def synthetic_race(fe_correct, ft_correct) -> advisor.Race:
@@ -134,16 +154,19 @@ def test_auto_continues_the_winning_trial(digits_32, tmp_path, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(started_from["weights"], trial_weights))
     top_two = {l.name for _, layers in layer_groups(model)[-2:] for l in layers if l.weights and not is_batch_norm(l)}
     assert started_from["trainable"] == top_two | {"factory_head_classifier"}
-    assert started_from["epochs"] == RACE_SPEC.fine_tune_epochs - int(trial.images / len(digits_32.data.train))
+    done = round(trial.images / len(digits_32.data.train))  # what the race trained counts
+    assert started_from["epochs"] == max(1, RACE_SPEC.fine_tune_epochs - done)
     assert chosen.strategy == "fine-tune" and chosen.unfreeze_blocks == 2
     assert [p.name for p in phases] == ["head", "race: fine-tune top 2 blocks", "fine-tune top 2 blocks"]
     assert not any(np.array_equal(a, b) for a, b in zip(model.model.get_weights()[-2:], trial_weights[-2:]))
 
 
 def test_build_auto_trains_the_race_pick_and_advise_prints_it(tmp_path):
+    env = {**os.environ, "EDGEFACTORY_CACHE": str(tmp_path / "cache")}  # cold: the budget below is spent
     result = subprocess.run(FACTORY + ["build", "--quiet", "--data", "digits", "--input-size", "32",
                                        "--strategy", "auto", "--fine-tune-epochs", "2", "--latency-runs", "0",
-                                       "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=900)
+                                       "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=900,
+                            env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     strategy = json.loads((tmp_path / "b" / "manifest.json").read_text())["strategy"]
     candidates = strategy["advice"]["evidence"]["candidates"]
@@ -156,8 +179,9 @@ def test_build_auto_trains_the_race_pick_and_advise_prints_it(tmp_path):
         assert strategy["name"] == "fine-tune" and phases[:2] == ["head", f"race: {picked[0]}"]
         assert len(phases) == 3 and strategy["trainable_layers"] > 1
 
+    env["EDGEFACTORY_CACHE"] = str(tmp_path / "cold-cache")
     advised = subprocess.run(FACTORY + ["advise", "--quiet", "--data", "digits", "--input-size", "32",
-                                        "--budget-s", "1"], capture_output=True, text=True, timeout=600)
+                                        "--budget-s", "0.001"], capture_output=True, text=True, timeout=600, env=env)
     assert advised.returncode == 0, advised.stderr[-2000:]
     rows = re.findall(r"^(feature-extraction|fine-tune \S+(?: \S+ blocks)?)\s+(\S+)", advised.stdout, re.M)
     assert [name for name, _ in rows] == [c["name"] for c in candidates]
@@ -180,7 +204,7 @@ def test_options_the_race_cannot_honour_are_refused_before_any_work(tmp_path):
     from factory.specs import BuildSpec
     from targets.errors import FactoryError
 
-    with pytest.raises(FactoryError, match="--budget-s must be positive"):
+    with pytest.raises(FactoryError, match="--budget-s 0 must be a positive number"):
         TrainingSpec(strategy="auto", advisor_budget_s=0)
     with pytest.raises(FactoryError, match="--resume does not work with --strategy auto"):
         BuildSpec(DataSpec("digits"), tmp_path / "out", training=TrainingSpec(strategy="auto"), resume=True)

@@ -126,7 +126,7 @@ def test_csv_plots_and_html_report(bench_run):
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2  # self-contained
     assert results["machine"]["cpu"] in page and results["versions"]["tensorflow"] in page
-    assert "Advisor recommended" in page and "the process died" in page and "Pareto" in page
+    assert "race picked" in page and "the process died" in page and "Pareto" in page
 
 
 def test_pareto_rows_are_not_dominated(bench_run):
