@@ -216,11 +216,9 @@ class TrialClock(keras.callbacks.Callback):
         return self.ends[-1][1] if self.ends else 0
 
     def seconds_per_step(self) -> tuple[float, float]:
-        """(seconds per step, warm-up seconds): the first step also traces the training function,
-        so the speed comes from the steps after it when there are any."""
+        """(seconds per step, warm-up seconds) from two steps or more: the first step also
+        traces the training function, so the speed comes from the steps after it."""
         (first, _), (last, steps) = self.ends[0], self.ends[-1]
-        if steps == 1:
-            return last - self.begin, 0.0
         per_step = (last - first) / (steps - 1)
         return per_step, max(0.0, first - self.begin - per_step)
 
@@ -317,12 +315,12 @@ def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadl
         epochs=1, learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
         reporter=reporter, class_weight=feature_extraction.class_weights(data, spec), compiled=trial.images > 0,
         steps_per_execution=1, callbacks=(clock,))
-    if clock.steps:
+    if clock.steps > 1:  # one step alone is mostly the trace: no speed from it
         per_step, warmup = clock.seconds_per_step()
         trial.seconds_per_image = per_step / batch
         if not trial.images:
             trial.warmup_seconds = warmup
-        trial.images += clock.steps * batch
+    trial.images += clock.steps * batch
     validated = time.perf_counter()
     probs = evaluation.predictions(trial.predict, data.val, reporter, description=f"race: {trial.name}: validation")
     _record(trial, probs, data.val.labels)
