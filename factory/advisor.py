@@ -30,7 +30,7 @@ import numpy as np
 
 from factory import cache as cache_lib, classifier as classifier_lib, evaluation
 from factory.classifier import freeze_backbone
-from factory.progress import Reporter
+from factory.progress import Reporter, duration_text
 from factory.specs import ADVISOR_COST_SHARE as COST_SHARE, TrainingSpec
 from factory.strategies import feature_extraction, fine_tuning
 from factory.strategies.session import TrainingSession
@@ -90,9 +90,7 @@ class Race:
         candidates unfreeze more and more), None before any fine-tuning was measured."""
         if not trial.fine_tunes:
             return self.head.seconds
-        measured = [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
-        like = trial if trial.seconds_per_image is not None else max(
-            measured, key=lambda t: t.seconds_per_image, default=None)
+        like = self._costed_like(trial)
         if like is None:
             return None
         epoch = self.train_images * like.seconds_per_image + (like.validation_seconds or 0)
@@ -102,12 +100,20 @@ class Race:
         """Training every measured candidate fully, extraction once (the cache shares it)."""
         return self.shared_seconds + sum(s for s in map(self.full_seconds, self.trials) if s is not None)
 
+    def _measured(self) -> list[Trial]:
+        """The fine-tuning candidates whose training speed has been measured."""
+        return [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
+
+    def _costed_like(self, trial: Trial) -> Trial | None:
+        """Whose measurements stand for `trial`'s costs: its own, else the dearest measured one's."""
+        if trial.seconds_per_image is not None:
+            return trial
+        return max(self._measured(), key=lambda t: t.seconds_per_image, default=None)
+
     def least_step_seconds(self, trial: Trial, batch: int) -> float:
         """The least a step of `trial` costs: its warm-up (the first time), one batch, its
         validation pass; from its own measurements, else the dearest measured candidate's."""
-        measured = [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
-        like = trial if trial.seconds_per_image is not None else max(
-            measured, key=lambda t: t.seconds_per_image, default=None)
+        like = self._costed_like(trial)
         if like is None:
             return 0.0
         warmup = like.warmup_seconds if not trial.images else 0.0
@@ -117,7 +123,7 @@ class Race:
         """When the trials must stop: at COST_SHARE of training every candidate fully (projected
         from the speeds measured so far), or at `budget_s`, less the validation pass still to
         come; None while nothing has been measured and no budget was given."""
-        measured = [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
+        measured = self._measured()
         caps = [budget_s] if budget_s is not None else []
         if measured:
             caps.append(COST_SHARE * self.all_full_seconds())
@@ -382,18 +388,13 @@ def table_lines(evidence: dict) -> list[str]:
     for c in evidence["candidates"]:
         accuracy = "-" if c["validation_accuracy"] is None else f"{c['validation_accuracy']:.3f}"
         interval = "-" if not c["interval"] else f"{c['interval'][0]:.3f}-{c['interval'][1]:.3f}"
-        full = "-" if c["full_seconds"] is None else _duration(c["full_seconds"])
+        full = "-" if c["full_seconds"] is None else duration_text(c["full_seconds"])
         note = "picked" if c["picked"] else "tied" if c["tied"] else c["stopped"] or "behind"
         lines.append(f"{c['name']:23}{accuracy:>8}{interval:>14}{c['epochs']:>8}"
-                     f"{_duration(c['race_seconds']):>8}{full:>9}  {note}")
+                     f"{duration_text(c['race_seconds']):>8}{full:>9}  {note}")
     share = evidence["cost_share"]
-    lines.append(f"race {_duration(evidence['race_seconds'])}: "
+    lines.append(f"race {duration_text(evidence['race_seconds'])}: "
                  + (f"{share:.0%} of training every candidate fully " if share is not None else "")
-                 + f"(~{_duration(evidence['all_full_seconds'])}); "
+                 + f"(~{duration_text(evidence['all_full_seconds'])}); "
                  f"{evidence['validation_images']:,} validation images")
     return lines
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
