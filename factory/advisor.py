@@ -2,17 +2,26 @@
 
 The candidates are feature extraction and fine-tuning the top 2 blocks, the top 5 blocks or
 the whole backbone (FINE_TUNE_CANDIDATES). They share their first phase, the head trained on
-frozen, cached features, which *is* the feature-extraction candidate trained fully. Then
-successive halving: each fine-tuning candidate continues from that head (its own copy of the
-model, the fine-tuning recipe of a real build: augmented images streamed from the data stage,
-the lower learning rate, BatchNorm frozen) for a quarter of an epoch; the better half goes on
-with twice as many images, and so on until one is left or the budget is spent.
+frozen, cached features, which *is* the feature-extraction candidate trained fully. Each
+fine-tuning candidate then runs the first steps of its own full recipe (its own copy of the
+model, augmented images streamed from the data stage, BatchNorm frozen, the learning rate on
+the schedule of a full build), so a trial is the beginning of a real build and
+`--strategy auto` continues the winning one where it stopped.
+
+Successive halving: every fine-tuning candidate first trains FIRST_RUNG (COST_SHARE / 2) of
+its recipe, dearest first (its measured cost sets the cap for the rest); together that is
+half of what the race may spend on them, and a candidate that unfreezes more starts lower and
+needs that long to show where it goes. Then the better half goes on with twice as many
+steps, and so on until one is left, the recipes are done or the budget is spent.
 
 Every candidate is measured on the validation split after its last step. The verdict is a
 paired bootstrap over those validation images: a candidate whose accuracy is not clearly
-below the leader's (the 95% interval of the difference reaches 0) is tied with it, and among
-tied candidates the cheapest to train fully is recommended ("too close to call: take the
-cheaper one"). Nothing here is a threshold fitted to some dataset.
+below the leader's (the 95% interval of the difference reaches 0) is tied with it. Among tied
+candidates the cheapest to train fully is recommended ("too close to call: take the cheaper
+one"), except when the leader is a trial stopped short of its recipe: a full build goes on
+from it (and keeps its weights unless training on lowers the validation loss), so its
+accuracy is a floor, and the cheaper candidates tied with it measured less ("leads while
+training"). Nothing here is a threshold fitted to some dataset.
 
 The race costs at most COST_SHARE of training every candidate fully (extraction counted once,
 as the feature cache shares it; full fine-tuning projected from the speed measured in the
@@ -34,11 +43,11 @@ from factory.progress import Reporter, duration_text
 from factory.specs import ADVISOR_COST_SHARE as COST_SHARE, TrainingSpec
 from factory.strategies import feature_extraction, fine_tuning
 from factory.strategies.session import TrainingSession
-from factory.strategies.training import Phase, augmenter, fit
+from factory.strategies.training import STEPS_PER_EXECUTION, Phase, augmenter, fit
 from targets.tf_setup import keras
 
 FINE_TUNE_CANDIDATES = (2, 5, None)  # top K blocks; None: the whole backbone
-FIRST_STEP_EPOCHS = 0.25  # each fine-tuning candidate's first step, in epochs of the training split
+FIRST_RUNG = COST_SHARE / 2  # of a candidate's fine-tune epochs: all first rungs spend half the race's share
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 
@@ -57,6 +66,7 @@ class Trial:
     validation_seconds: float | None = None  # one pass over the validation split
     correct: np.ndarray | None = None  # per validation image, after its last step
     validation_loss: float | None = None
+    recipe_images: int = 0  # a fine-tuning candidate's whole recipe, in images trained
     stopped: str = ""  # why it stopped before the end of the race
     interval: tuple[float, float] | None = None  # bootstrap interval of its validation accuracy
     behind: tuple[float, float, float] | None = None  # leader minus it: mean, interval low, high
@@ -70,6 +80,11 @@ class Trial:
     @property
     def fine_tunes(self) -> bool:
         return self.spec.fine_tunes
+
+    @property
+    def finished(self) -> bool:
+        """Trained as fully as a build would: its accuracy is final, not a floor."""
+        return self.images >= self.recipe_images
 
 
 @dataclass
@@ -136,7 +151,7 @@ class Race:
     def advice(self) -> Advice:
         pick = self.pick
         spec = pick.spec
-        leader = max(self.tied, key=lambda t: t.accuracy)
+        leader = max(self.tied, key=lambda t: (t.accuracy, t is pick))
         if len(self.tied) == 1:
             runner = max((t for t in self.trials if t is not pick and t.correct is not None),
                          key=lambda t: t.accuracy, default=None)
@@ -147,12 +162,19 @@ class Race:
                 reason += (f", {100 * mean:+.1f} points over {runner.name} "
                            f"(95% interval {100 * low:+.1f} to {100 * high:+.1f})")
         else:
-            others = [t for t in self.tied if t is not leader]
-            verdict = "too close to call"
-            reason = (f"too close to call: {leader.name} ({leader.accuracy:.3f}) and "
-                      + ", ".join(f"{t.name} ({t.accuracy:.3f}, 95% interval of the difference "
-                                  f"{100 * t.behind[1]:+.1f} to {100 * t.behind[2]:+.1f} points)" for t in others)
-                      + f" are within the noise of the validation split: take the cheaper one, {pick.name}")
+            others = ", ".join(f"{t.name} ({t.accuracy:.3f}, 95% interval of the difference "
+                               f"{100 * t.behind[1]:+.1f} to {100 * t.behind[2]:+.1f} points)"
+                               for t in self.tied if t is not leader)
+            if pick is leader and not pick.finished:
+                verdict = "leads while training"
+                reason = (f"{leader.name} leads ({leader.accuracy:.3f}) after {leader.images / self.train_images:.2f} "
+                          f"of its {spec.fine_tune_epochs} epochs; {others} are within the noise of the validation "
+                          f"split, but a full build goes on from this trial and keeps its weights unless training "
+                          f"on lowers the validation loss: its accuracy here is a floor")
+            else:
+                verdict = "too close to call"
+                reason = (f"too close to call: {leader.name} ({leader.accuracy:.3f}) and {others} are within the "
+                          f"noise of the validation split: take the cheaper one, {pick.name}")
         reasons = [reason]
         if self.budget_reached:
             reasons.append("the race stopped at its budget; more training could change the order")
@@ -203,11 +225,12 @@ class Advice:
 
 
 class TrialClock(keras.callbacks.Callback):
-    """Times a trial step batch by batch and stops it once `deadline` (perf_counter) has passed."""
+    """Times a trial step execution by execution (of one batch or more) and stops it once
+    `deadline` (perf_counter) has passed."""
 
     def __init__(self, deadline: float | None):
         super().__init__()
-        self.deadline, self.ends = deadline, []  # (perf_counter, steps done) at each batch end
+        self.deadline, self.ends = deadline, []  # (perf_counter, steps done) at each execution's end
 
     def on_train_begin(self, logs=None):
         self.begin = time.perf_counter()
@@ -222,11 +245,11 @@ class TrialClock(keras.callbacks.Callback):
         return self.ends[-1][1] if self.ends else 0
 
     def seconds_per_step(self) -> tuple[float, float]:
-        """(seconds per step, warm-up seconds) from two steps or more: the first step also
-        traces the training function, so the speed comes from the steps after it."""
-        (first, _), (last, steps) = self.ends[0], self.ends[-1]
-        per_step = (last - first) / (steps - 1)
-        return per_step, max(0.0, first - self.begin - per_step)
+        """(seconds per step, warm-up seconds) from two executions or more: the first also
+        traces the training function, so the speed comes from the ones after it."""
+        (first, first_steps), (last, steps) = self.ends[0], self.ends[-1]
+        per_step = (last - first) / (steps - first_steps)
+        return per_step, max(0.0, first - self.begin - first_steps * per_step)
 
 
 def candidates(spec: TrainingSpec) -> list[Trial]:
@@ -260,10 +283,13 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     tuners = _distinct(tuners, classifier)
     result.trials = [fe, *tuners]
     batch = feature_extraction.global_batch(spec)
-    steps = max(2, round(math.ceil(len(data.train) / batch) * FIRST_STEP_EPOCHS))  # 2: a speed beside the trace
+    full_steps = fine_tuning.decay_steps(data, spec)  # a fine-tuning candidate's whole recipe
+    for trial in tuners:
+        trial.recipe_images = full_steps * batch
+    steps = max(2, round(full_steps * FIRST_RUNG))  # 2: a speed beside the trace
     alive, rung = list(tuners), 0
     while alive:
-        for trial in alive:
+        for trial in reversed(alive):  # dearest first: what it costs sets the cap for the rest
             deadline = result.deadline(start, budget_s)
             if deadline is not None and time.perf_counter() + result.least_step_seconds(trial, batch) >= deadline:
                 trial.stopped = "budget"
@@ -274,11 +300,12 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
                 trial.classifier.model.set_weights(head_weights)
                 fine_tuning.unfreeze(trial.classifier, trial.spec)
                 trial.predict = classifier_lib.inference_fn(trial.classifier.model)
-            if _step(trial, data, steps, batch, rung, reporter, deadline) < steps:
+            todo = min(steps, full_steps - trial.images // batch)  # a trial ends with its recipe
+            if todo and _step(trial, data, todo, batch, rung, reporter, deadline) < todo:
                 trial.stopped = "budget"  # cut short: not comparable with the others at this rung
                 result.budget_reached = True
         alive = [t for t in alive if not t.stopped]
-        if len(alive) <= 1:
+        if len(alive) <= 1 or all(t.images // batch >= full_steps for t in alive):
             break
         alive.sort(key=lambda t: (-t.accuracy, result.full_seconds(t)))
         keep = math.ceil(len(alive) / 2)
@@ -320,8 +347,9 @@ def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadl
     fit(trial.classifier.model, train, None, steps_per_epoch=steps, examples=steps * batch, name=f"race: {trial.name}",
         epochs=1, learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
         reporter=reporter, class_weight=feature_extraction.class_weights(data, spec), compiled=trial.images > 0,
-        steps_per_execution=1, callbacks=(clock,))
-    if clock.steps > 1:  # one step alone is mostly the trace: no speed from it
+        steps_per_execution=min(STEPS_PER_EXECUTION, max(1, steps // 4)),  # as a build runs, 4 times a rung or more
+        callbacks=(clock,), decay_steps=fine_tuning.decay_steps(data, spec))
+    if len(clock.ends) > 1:  # the first execution is mostly the trace: no speed from it alone
         per_step, warmup = clock.seconds_per_step()
         trial.seconds_per_image = per_step / batch
         if not trial.images:
@@ -338,7 +366,8 @@ def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadl
 
 def _verdict(result: Race, seed: int) -> None:
     """The leader, the candidates tied with it (paired bootstrap on the validation split) and
-    the pick: the cheapest of those to train fully."""
+    the pick: the cheapest of those to train fully, or the leader itself when it is a trial
+    stopped short of its recipe (see the module's doc)."""
     measured = [t for t in result.trials if t.correct is not None]
     leader = max(measured, key=lambda t: (t.accuracy, -(result.full_seconds(t) or math.inf)))
     count = len(leader.correct)
@@ -357,28 +386,41 @@ def _verdict(result: Race, seed: int) -> None:
         low_difference, high_difference = (float(q) for q in np.quantile(difference, [low, high]))
         trial.behind = (float(leader.accuracy - trial.accuracy), low_difference, high_difference)
     result.tied = [t for t in measured if t.behind[1] <= 0]
-    result.pick = min(result.tied, key=lambda t: result.full_seconds(t) or math.inf)
+    if leader.finished:
+        result.pick = min(result.tied, key=lambda t: result.full_seconds(t) or math.inf)
+    else:  # its accuracy is where a full build starts from, a floor: the cheaper ones tied are not ahead
+        result.pick = leader
 
 
-def train_winner(result: Race, classifier, data, spec: TrainingSpec, reporter: Reporter,
-                 session: TrainingSession) -> tuple[TrainingSpec, list[Phase]]:
+def train_winner(result: Race, classifier, data, reporter: Reporter) -> tuple[TrainingSpec, list[Phase]]:
     """`--strategy auto`: the race's pick, trained fully. `classifier` already holds the trained
-    head; a fine-tuning pick continues from its trial's weights for the epochs its recipe has
-    left. Returns the recipe trained and its phases."""
+    head; a fine-tuning pick goes on training its trial's model (weights, optimizer and schedule
+    as the race left them) for the epochs its recipe has left, keeps the trial's weights if that
+    does not lower the validation loss, and hands the result to `classifier`. Returns the recipe
+    trained and its phases."""
     pick = result.pick
     phases = [result.head]
-    if pick.fine_tunes:
-        classifier.model.set_weights(pick.classifier.model.get_weights())
-    for trial in result.trials:  # the trials' models are not needed any more
-        trial.classifier = trial.predict = None
+    for trial in result.trials:  # the other trials' models are not needed any more
+        if trial is not pick:
+            trial.classifier = trial.predict = None
     if not pick.fine_tunes:
         return pick.spec, phases
-    name = fine_tuning.unfreeze(classifier, pick.spec)
     epochs_done = round(pick.images / len(data.train))
     phases.append(Phase(f"race: {pick.name}", epochs_done, epochs_done, pick.validation_loss, pick.accuracy,
                         round(pick.seconds, 2)))
+    trial_weights = pick.classifier.model.get_weights()
     epochs = max(1, pick.spec.fine_tune_epochs - epochs_done)
-    phases.append(fine_tuning.fit_backbone(classifier, data, pick.spec, reporter, session, name, epochs=epochs))
+    name = fine_tuning.unfreeze(classifier, pick.spec)  # the same trainable layers as the trial's model
+    # no checkpoint: an auto build cannot --resume (its race would have to run again)
+    phase = fine_tuning.fit_backbone(pick.classifier, data, pick.spec, reporter, TrainingSession(pick.classifier.model),
+                                     name, epochs=epochs, compiled=True)
+    if phase.best_val_loss > pick.validation_loss:
+        reporter.note(f"{name}: the rest of the recipe did not lower the race trial's validation loss "
+                      f"({pick.validation_loss:.3f}); keeping the trial's weights")
+        pick.classifier.model.set_weights(trial_weights)
+    classifier.model.set_weights(pick.classifier.model.get_weights())
+    pick.classifier = pick.predict = None
+    phases.append(phase)
     return pick.spec, phases
 
 

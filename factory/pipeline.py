@@ -147,7 +147,7 @@ def _race(classifier, data, spec: TrainingSpec, features, reporter: Reporter, se
     advice = race.advice()
     for line in advisor.table_lines(advice.evidence) + [f"advisor: {advice.flags()} -- " + "; ".join(advice.reasons)]:
         reporter.note(line)
-    chosen, phases = advisor.train_winner(race, classifier, data, spec, reporter, session)
+    chosen, phases = advisor.train_winner(race, classifier, data, reporter)
     return advice.as_dict(), chosen, phases
 
 

@@ -46,6 +46,10 @@ def test_race_halves_the_field_and_stops_the_losers_early(digits_32, tmp_path, m
     # each rung doubles the images; a loser was behind the candidates that went on, at that rung
     assert first.images < second.images < last.images
     assert last.history[1][0] - last.history[0][0] == 2 * last.history[0][0]
+    # the first rung is FIRST_RUNG of a candidate's recipe, and no trial trains past its recipe
+    recipe = fine_tuning.decay_steps(digits_32.data, RACE_SPEC)
+    assert first.images // RACE_SPEC.batch_size == max(2, round(recipe * advisor.FIRST_RUNG))
+    assert last.images // RACE_SPEC.batch_size == recipe  # 0.15 + 0.3 + 0.6 > 1: rung 3 ends it
     assert first.history[0][1] <= min(second.history[0][1], last.history[0][1])
     assert second.history[1][1] <= last.history[1][1]
     assert first.stopped.startswith("behind") and second.stopped.startswith("behind") and not last.stopped
@@ -58,7 +62,7 @@ def test_race_halves_the_field_and_stops_the_losers_early(digits_32, tmp_path, m
 def test_the_cost_cap_stops_the_trials(digits_32, tmp_path, monkeypatch):
     monkeypatch.setattr(advisor, "COST_SHARE", 0.01)  # spent as soon as the first trial step is measured
     _, race = run_race(digits_32, tmp_path)
-    first, *others = race.trials[1:]
+    *others, first = race.trials[1:]  # the dearest trains first
     assert len(first.history) == 1 and first.images > 0  # the first step always runs: it measures the costs
     assert all(t.images == 0 and t.correct is None and t.stopped == "budget" for t in others)
     assert race.budget_reached and race.cap_seconds == pytest.approx(0.01 * race.all_full_seconds())
@@ -84,6 +88,14 @@ def test_the_trial_clock_stops_a_step_at_its_deadline():
         clock = advisor.TrialClock(deadline)
         model.fit(data, steps_per_epoch=20, epochs=1, verbose=0, callbacks=[clock])
         assert clock.steps == expected
+    model.compile("sgd", "mse", steps_per_execution=8)  # 8 + 8 + 4 steps
+    for deadline, expected in ((0.0, 8), (None, 20)):
+        clock = advisor.TrialClock(deadline)
+        model.fit(data, steps_per_epoch=20, epochs=1, verbose=0, callbacks=[clock])
+        assert clock.steps == expected
+    assert [steps for _, steps in clock.ends] == [8, 16, 20]
+    per_step, warmup = clock.seconds_per_step()
+    assert per_step == pytest.approx((clock.ends[-1][0] - clock.ends[0][0]) / 12) and warmup >= 0
 
 
 def test_candidates_that_unfreeze_the_same_layers_race_once(monkeypatch):
@@ -95,13 +107,15 @@ def test_candidates_that_unfreeze_the_same_layers_race_once(monkeypatch):
     assert not any(l.trainable for l in model.backbone_layers())  # left as it was: the head's model
 
 
-def synthetic_race(fe_correct, ft_correct) -> advisor.Race:
-    """A race whose validation results are given: feature extraction against top-2 fine-tuning."""
+def synthetic_race(fe_correct, ft_correct, ft_finished=True) -> advisor.Race:
+    """A race whose validation results are given: feature extraction against top-2 fine-tuning,
+    whose trial ran its whole recipe or a quarter of it."""
     fe, ft = advisor.candidates(TrainingSpec(strategy="auto"))[:2]
     for trial, correct in ((fe, fe_correct), (ft, ft_correct)):
         trial.correct = np.asarray(correct, bool)
         trial.history = [(trial.images, trial.accuracy)]
     ft.images, ft.seconds_per_image, ft.validation_seconds = 250, 0.01, 1.0
+    ft.recipe_images = 250 if ft_finished else 1000
     race = advisor.Race([fe, ft], Phase("head", 10, 10, 0.3, 0.9, 5.0), shared_seconds=2.0, train_images=1000)
     advisor._verdict(race, seed=0)
     return race
@@ -118,6 +132,20 @@ def test_a_difference_within_the_noise_is_too_close_to_call():
     assert advice.verdict == "too close to call" and len(race.tied) == 2
     assert advice.flags() == "--strategy feature-extraction"  # the cheaper one
     assert "take the cheaper one, feature-extraction" in advice.reasons[0]
+
+
+def test_a_trial_that_leads_short_of_its_recipe_is_a_floor_and_is_picked():
+    rng = np.random.default_rng(0)
+    fe = rng.random(400) < 0.90
+    ft = fe.copy()
+    ft[np.flatnonzero(~fe)[:3]] = True  # 3 more of 400 right after a quarter of its recipe
+    race = synthetic_race(fe, ft, ft_finished=False)
+    advice = race.advice()
+    assert len(race.tied) == 2 and advice.verdict == "leads while training"
+    assert advice.flags() == "--strategy fine-tune --unfreeze-blocks 2"
+    assert "after 0.25 of its 5 epochs" in advice.reasons[0] and "floor" in advice.reasons[0]
+    behind = synthetic_race(ft, fe, ft_finished=False)  # the same, with feature extraction ahead
+    assert behind.pick is behind.trials[0] and behind.advice().verdict == "too close to call"
 
 
 def test_a_clear_lead_picks_the_leader():
@@ -139,26 +167,52 @@ def test_auto_continues_the_winning_trial(digits_32, tmp_path, monkeypatch):
     trial = race.trials[1]
     race.pick = trial  # whatever the verdict: what happens to a fine-tuning pick
     trial_weights = [w.copy() for w in trial.classifier.model.get_weights()]
-    started_from = {}
+    trial_steps = trial.images // RACE_SPEC.batch_size
+    seen = {}
     real_fit = fine_tuning.fit
 
     def recording_fit(model_to_train, *args, **kwargs):
-        started_from["weights"] = model_to_train.get_weights()
-        started_from["trainable"] = {l.name for l in model_to_train.layers if l.trainable and l.trainable_weights}
-        started_from["epochs"] = kwargs["epochs"]
-        return real_fit(model_to_train, *args, **kwargs)
+        seen["weights"] = model_to_train.get_weights()
+        seen["trainable"] = {l.name for l in model_to_train.layers if l.trainable and l.trainable_weights}
+        seen["epochs"], seen["compiled"] = kwargs["epochs"], kwargs["compiled"]
+        seen["step"] = int(model_to_train.optimizer.iterations.numpy())
+        phase = real_fit(model_to_train, *args, **kwargs)
+        seen["trained"], seen["phase"] = model_to_train.get_weights(), phase
+        return phase
 
     monkeypatch.setattr(fine_tuning, "fit", recording_fit)
-    chosen, phases = advisor.train_winner(race, model, digits_32.data, RACE_SPEC, Silent(),
-                                          TrainingSession(model.model))
-    assert all(np.array_equal(a, b) for a, b in zip(started_from["weights"], trial_weights))
+    chosen, phases = advisor.train_winner(race, model, digits_32.data, Silent())
+    # it goes on from the trial: its weights, its optimizer, where its learning-rate schedule stands
+    assert all(np.array_equal(a, b) for a, b in zip(seen["weights"], trial_weights))
+    assert seen["compiled"] and seen["step"] == trial_steps > 0
     top_two = {l.name for _, layers in layer_groups(model)[-2:] for l in layers if l.weights and not is_batch_norm(l)}
-    assert started_from["trainable"] == top_two | {"factory_head_classifier"}
+    assert seen["trainable"] == top_two | {"factory_head_classifier"}
+    assert {l.name for l in model.model.layers if l.trainable and l.trainable_weights} == seen["trainable"]
     done = round(trial.images / len(digits_32.data.train))  # what the race trained counts
-    assert started_from["epochs"] == max(1, RACE_SPEC.fine_tune_epochs - done)
+    assert seen["epochs"] == max(1, RACE_SPEC.fine_tune_epochs - done)
     assert chosen.strategy == "fine-tune" and chosen.unfreeze_blocks == 2
     assert [p.name for p in phases] == ["head", "race: fine-tune top 2 blocks", "fine-tune top 2 blocks"]
-    assert not any(np.array_equal(a, b) for a, b in zip(model.model.get_weights()[-2:], trial_weights[-2:]))
+    kept = trial_weights if seen["phase"].best_val_loss > trial.validation_loss else seen["trained"]
+    assert all(np.array_equal(a, b) for a, b in zip(model.model.get_weights(), kept))
+
+
+def test_auto_keeps_the_trial_when_the_rest_of_the_recipe_does_not_help(digits_32, tmp_path, monkeypatch):
+    monkeypatch.setattr(advisor, "FINE_TUNE_CANDIDATES", (2,))
+    model, race = run_race(digits_32, tmp_path)
+    race.pick = trial = race.trials[1]
+    trial_weights = [w.copy() for w in trial.classifier.model.get_weights()]
+
+    def worse_fit(model_to_train, *args, **kwargs):  # training that moves the weights and loses
+        model_to_train.set_weights([w + 0.5 for w in model_to_train.get_weights()])
+        return Phase(kwargs["name"], 1, 1, trial.validation_loss + 1.0, 0.0, 0.1)
+
+    monkeypatch.setattr(fine_tuning, "fit", worse_fit)
+    notes = []
+    reporter = Silent()
+    reporter.note = notes.append
+    advisor.train_winner(race, model, digits_32.data, reporter)
+    assert all(np.array_equal(a, b) for a, b in zip(model.model.get_weights(), trial_weights))
+    assert any("keeping the trial's weights" in line for line in notes)
 
 
 def test_build_auto_trains_the_race_pick_and_advise_prints_it(tmp_path):

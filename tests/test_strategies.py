@@ -49,6 +49,8 @@ def test_fine_tune_changes_exactly_the_unfrozen_top_and_keeps_batchnorm(fashion_
     batch_norms = [l for l in model.backbone_layers() if is_batch_norm(l)]
     assert batch_norms and not any(changed(before, l) for l in batch_norms)  # gamma, beta, moving stats
     assert accuracy(model, fashion_small.test) > 0.6
+    # the learning rate fell along its cosine to (almost) 0 by the phase's last step
+    assert float(model.model.optimizer.learning_rate) < 0.02 * TrainingSpec().backbone_learning_rate
 
 
 def test_unfreeze_all_leaves_only_batchnorm_frozen(fashion_small):

@@ -4,10 +4,13 @@ Phase 1 is feature extraction (a random head's large gradients would wreck the p
 features). Phase 2 unfreezes the top `--unfreeze-blocks K` blocks, or the top `--unfreeze N`
 weighted layers (all: every one), keeps every BatchNorm frozen and in inference mode, trains
 at `fine_tune_learning_rate` (default: a tenth of the head's) on augmented images streamed from
-the data stage, with early stopping that restores the best weights. `--gradual` unfreezes one
+the data stage, its learning rate falling along a cosine to 0 over the phase, with early
+stopping that restores the best weights. `--gradual` unfreezes one
 more block per stage for as long as the validation loss improves, and keeps the best stage.
 """
 from __future__ import annotations
+
+import math
 
 from factory.cache import FeatureStore
 from factory.classifier import Classifier, layer_groups, unfreeze_top, unfreeze_top_blocks
@@ -19,8 +22,10 @@ from factory.strategies.training import Phase, augmenter, fit
 from targets.errors import FactoryError
 
 
-def fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name, epochs: int | None = None) -> Phase:
-    """Phase 2: train the unfrozen layers for `epochs` (default: the spec's fine-tune epochs)."""
+def fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name, epochs: int | None = None,
+                 compiled: bool = False) -> Phase:
+    """Phase 2: train the unfrozen layers for `epochs` (default: the spec's fine-tune epochs).
+    `compiled`: go on with the model's optimizer and where its schedule stands (an advisor trial)."""
     batch = feature_extraction.global_batch(spec)
     augment = augmenter(spec.seed) if spec.augments else None
     return session.run(name, lambda backup_dir: fit(
@@ -35,7 +40,14 @@ def fit_backbone(classifier, data, spec: TrainingSpec, reporter, session, name, 
         reporter=reporter,
         class_weight=feature_extraction.class_weights(data, spec),
         backup_dir=backup_dir,
+        compiled=compiled,
+        decay_steps=decay_steps(data, spec),
     ))
+
+
+def decay_steps(data: Dataset, spec: TrainingSpec) -> int:
+    """The fine-tuning schedule's length: every step of the spec's fine-tune epochs."""
+    return spec.fine_tune_epochs * math.ceil(len(data.train) / feature_extraction.global_batch(spec))
 
 
 def train(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession,

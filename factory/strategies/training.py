@@ -109,6 +109,7 @@ def fit(
     compiled: bool = False,
     steps_per_execution: int = STEPS_PER_EXECUTION,
     callbacks: tuple = (),
+    decay_steps: int | None = None,
 ) -> Phase:
     """Train on `train` (a shuffled tf.data pipeline of `examples` examples per epoch in batches
     of `global_batch`) with early stopping on `validation`; under a multi-worker strategy every
@@ -116,13 +117,16 @@ def fit(
     its share: the DATA policy).
 
     An epoch is `steps_per_epoch` batches when given (`train` must then repeat). `compiled`:
-    continue with the model's optimizer as it is (its state kept, nothing traced again).
+    continue with the model's optimizer as it is (its state and its schedule kept, nothing traced
+    again). `decay_steps`: the learning rate falls along a cosine from `learning_rate` to 0 over
+    that many steps (fine-tuning settles instead of jittering between epochs); None: constant.
     Without `validation` there is no early stopping: every epoch runs."""
     cluster = distributed.cluster()
     if not compiled:
         with cluster.scope():
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
+                optimizer=keras.optimizers.Adam(learning_rate if decay_steps is None else
+                                                keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
                 steps_per_execution=steps_per_execution,
