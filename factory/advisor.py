@@ -25,8 +25,8 @@ training"). Nothing here is a threshold fitted to some dataset.
 
 The race costs at most COST_SHARE of training every candidate fully (extraction counted once,
 as the feature cache shares it; full fine-tuning projected from the speed measured in the
-race), and at most `budget_s` seconds when given (checked between training steps; the head is
-always trained, as every candidate needs it).
+race), and at most `budget_s` seconds when given (checked after every execution of a trial's
+steps; the head is always trained, as every candidate needs it).
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ class Race:
     trials: list[Trial]
     head: Phase  # the shared first phase
     shared_seconds: float  # before the head's training: extraction into the cache, feature files
-    train_images: int
+    train_images: int  # what an epoch trains: its steps times the batch
+    execution: int = 1  # the trials' steps per execution (the clock's and the deadline's grain)
     seconds: float = 0.0
     cap_seconds: float | None = None
     budget_reached: bool = False
@@ -126,13 +127,13 @@ class Race:
         return max(self._measured(), key=lambda t: t.seconds_per_image, default=None)
 
     def least_step_seconds(self, trial: Trial, batch: int) -> float:
-        """The least a step of `trial` costs: its warm-up (the first time), one batch, its
+        """The least a step of `trial` costs: its warm-up (the first time), one execution, its
         validation pass; from its own measurements, else the dearest measured candidate's."""
         like = self._costed_like(trial)
         if like is None:
             return 0.0
         warmup = like.warmup_seconds if not trial.images else 0.0
-        return warmup + batch * like.seconds_per_image + (like.validation_seconds or 0.0)
+        return warmup + self.execution * batch * like.seconds_per_image + (like.validation_seconds or 0.0)
 
     def deadline(self, start: float, budget_s: float | None) -> float | None:
         """When the trials must stop: at COST_SHARE of training every candidate fully (projected
@@ -162,15 +163,15 @@ class Race:
                 reason += (f", {100 * mean:+.1f} points over {runner.name} "
                            f"(95% interval {100 * low:+.1f} to {100 * high:+.1f})")
         else:
+            tied = [t for t in self.tied if t is not leader]
             others = ", ".join(f"{t.name} ({t.accuracy:.3f}, 95% interval of the difference "
-                               f"{100 * t.behind[1]:+.1f} to {100 * t.behind[2]:+.1f} points)"
-                               for t in self.tied if t is not leader)
+                               f"{100 * t.behind[1]:+.1f} to {100 * t.behind[2]:+.1f} points)" for t in tied)
+            within = f"{'is' if len(tied) == 1 else 'are'} within the noise of the validation split"
             if pick is leader and not pick.finished:
                 verdict = "leads while training"
                 reason = (f"{leader.name} leads ({leader.accuracy:.3f}) after {leader.images / self.train_images:.2f} "
-                          f"of its {spec.fine_tune_epochs} epochs; {others} are within the noise of the validation "
-                          f"split, but a full build goes on from this trial and keeps its weights unless training "
-                          f"on lowers the validation loss: its accuracy here is a floor")
+                          f"of its {spec.fine_tune_epochs} epochs; {others} {within}, but not as far along an "
+                          f"unfinished recipe, and {leader.name}'s recipe goes on from here")
             else:
                 verdict = "too close to call"
                 reason = (f"too close to call: {leader.name} ({leader.accuracy:.3f}) and {others} are within the "
@@ -190,7 +191,7 @@ class Race:
                 "epochs": round(t.images / self.train_images, 2) if t.fine_tunes else self.head.epochs_run,
                 "race_seconds": round(t.seconds, 1),
                 "full_seconds": None if self.full_seconds(t) is None else round(self.full_seconds(t), 1),
-                "stopped": t.stopped, "tied": t in self.tied, "picked": t is self.pick,
+                "stopped": t.stopped, "finished": t.finished, "tied": t in self.tied, "picked": t is self.pick,
                 "steps": [[round(images / self.train_images, 2), round(accuracy, 4)] for images, accuracy in t.history],
             } for t in self.trials],
             "validation_images": int(len(self.trials[0].correct)),
@@ -208,7 +209,7 @@ class Advice:
     strategy: str  # "feature-extraction" or "fine-tune"
     unfreeze_blocks: int | None
     unfreeze: int | None  # fine-tune without blocks: top N layers, None: all
-    verdict: str  # "clear" or "too close to call"
+    verdict: str  # "clear", "too close to call" or "leads while training"
     reasons: list[str]
     evidence: dict
 
@@ -274,7 +275,12 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     trials = candidates(spec)
     fe, tuners = trials[0], trials[1:]
     head = feature_extraction.train(classifier, data, fe.spec, reporter, session, store)[0]
-    result = Race(trials, head, time.perf_counter() - start - head.seconds, len(data.train))
+    batch = feature_extraction.global_batch(spec)
+    full_steps = fine_tuning.decay_steps(data, spec)  # a fine-tuning candidate's whole recipe
+    steps = max(2, round(full_steps * FIRST_RUNG))  # 2: a speed beside the trace
+    result = Race(trials, head, time.perf_counter() - start - head.seconds,
+                  train_images=full_steps // spec.fine_tune_epochs * batch,
+                  execution=min(STEPS_PER_EXECUTION, max(1, steps // 4)))  # as a build runs, 4 a rung or more
     measure_start = time.perf_counter()
     probs = evaluation.evaluate_on_features(classifier.head, store, data.val)
     _record(fe, probs, data.val.labels)
@@ -282,14 +288,12 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     head_weights = classifier.model.get_weights()
     tuners = _distinct(tuners, classifier)
     result.trials = [fe, *tuners]
-    batch = feature_extraction.global_batch(spec)
-    full_steps = fine_tuning.decay_steps(data, spec)  # a fine-tuning candidate's whole recipe
     for trial in tuners:
         trial.recipe_images = full_steps * batch
-    steps = max(2, round(full_steps * FIRST_RUNG))  # 2: a speed beside the trace
     alive, rung = list(tuners), 0
     while alive:
-        for trial in reversed(alive):  # dearest first: what it costs sets the cap for the rest
+        # the first rung dearest first (what it costs sets the cap for the rest), then best first
+        for trial in reversed(alive) if rung == 0 else alive:
             deadline = result.deadline(start, budget_s)
             if deadline is not None and time.perf_counter() + result.least_step_seconds(trial, batch) >= deadline:
                 trial.stopped = "budget"
@@ -301,7 +305,7 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
                 fine_tuning.unfreeze(trial.classifier, trial.spec)
                 trial.predict = classifier_lib.inference_fn(trial.classifier.model)
             todo = min(steps, full_steps - trial.images // batch)  # a trial ends with its recipe
-            if todo and _step(trial, data, todo, batch, rung, reporter, deadline) < todo:
+            if todo and _step(trial, data, todo, batch, result.execution, rung, reporter, deadline) < todo:
                 trial.stopped = "budget"  # cut short: not comparable with the others at this rung
                 result.budget_reached = True
         alive = [t for t in alive if not t.stopped]
@@ -310,7 +314,7 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
         alive.sort(key=lambda t: (-t.accuracy, result.full_seconds(t)))
         keep = math.ceil(len(alive) / 2)
         for trial in alive[keep:]:
-            trial.stopped = f"behind after {trial.images / len(data.train):.2f} epochs"
+            trial.stopped = f"behind after {trial.images / result.train_images:.2f} epochs"
         alive, rung, steps = alive[:keep], rung + 1, steps * 2  # the better half, twice the images each
     result.seconds = time.perf_counter() - start
     _verdict(result, spec.seed)
@@ -333,12 +337,17 @@ def _distinct(tuners: list[Trial], classifier) -> list[Trial]:
 
 def _record(trial: Trial, probs: np.ndarray, labels: np.ndarray) -> None:
     trial.correct = probs.argmax(1) == labels
-    trial.validation_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-7))))
+    trial.validation_loss = _loss(probs, labels)
 
 
-def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadline) -> int:
-    """Train `trial` for `steps` more batches (at most until `deadline`), then validate it;
-    returns the batches it trained."""
+def _loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of the true labels."""
+    return float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-7))))
+
+
+def _step(trial: Trial, data, steps: int, batch: int, execution: int, rung: int, reporter, deadline) -> int:
+    """Train `trial` for `steps` more batches, `execution` at a time (at most until `deadline`),
+    then validate it; returns the batches it trained."""
     spec = trial.spec
     augment = augmenter(spec.seed) if spec.augments else None
     train = data.train.dataset(batch, shuffle_seed=spec.seed + rung, augment=augment).repeat()
@@ -347,8 +356,7 @@ def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadl
     fit(trial.classifier.model, train, None, steps_per_epoch=steps, examples=steps * batch, name=f"race: {trial.name}",
         epochs=1, learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
         reporter=reporter, class_weight=feature_extraction.class_weights(data, spec), compiled=trial.images > 0,
-        steps_per_execution=min(STEPS_PER_EXECUTION, max(1, steps // 4)),  # as a build runs, 4 times a rung or more
-        callbacks=(clock,), decay_steps=fine_tuning.decay_steps(data, spec))
+        steps_per_execution=execution, callbacks=(clock,), decay_steps=fine_tuning.decay_steps(data, spec))
     if len(clock.ends) > 1:  # the first execution is mostly the trace: no speed from it alone
         per_step, warmup = clock.seconds_per_step()
         trial.seconds_per_image = per_step / batch
@@ -366,8 +374,8 @@ def _step(trial: Trial, data, steps: int, batch: int, rung: int, reporter, deadl
 
 def _verdict(result: Race, seed: int) -> None:
     """The leader, the candidates tied with it (paired bootstrap on the validation split) and
-    the pick: the cheapest of those to train fully, or the leader itself when it is a trial
-    stopped short of its recipe (see the module's doc)."""
+    the pick: the cheapest of those to train fully, unless the leader is a trial stopped short of
+    its recipe (see the module's doc)."""
     measured = [t for t in result.trials if t.correct is not None]
     leader = max(measured, key=lambda t: (t.accuracy, -(result.full_seconds(t) or math.inf)))
     count = len(leader.correct)
@@ -386,16 +394,16 @@ def _verdict(result: Race, seed: int) -> None:
         low_difference, high_difference = (float(q) for q in np.quantile(difference, [low, high]))
         trial.behind = (float(leader.accuracy - trial.accuracy), low_difference, high_difference)
     result.tied = [t for t in measured if t.behind[1] <= 0]
-    if leader.finished:
-        result.pick = min(result.tied, key=lambda t: result.full_seconds(t) or math.inf)
-    else:  # its accuracy is where a full build starts from, a floor: the cheaper ones tied are not ahead
-        result.pick = leader
+    # a leader short of its recipe gives way only to a cheaper tie measured on an equal footing:
+    # one as far along an unfinished recipe (a finished one has no more to come, the leader has)
+    equals = [t for t in result.tied if leader.finished or (not t.finished and t.images >= leader.images)]
+    result.pick = min([leader, *equals], key=lambda t: result.full_seconds(t) or math.inf)
 
 
 def train_winner(result: Race, classifier, data, reporter: Reporter) -> tuple[TrainingSpec, list[Phase]]:
     """`--strategy auto`: the race's pick, trained fully. `classifier` already holds the trained
     head; a fine-tuning pick goes on training its trial's model (weights, optimizer and schedule
-    as the race left them) for the epochs its recipe has left, keeps the trial's weights if that
+    as the race left them) for the steps its recipe has left, keeps the trial's weights if that
     does not lower the validation loss, and hands the result to `classifier`. Returns the recipe
     trained and its phases."""
     pick = result.pick
@@ -405,22 +413,27 @@ def train_winner(result: Race, classifier, data, reporter: Reporter) -> tuple[Tr
             trial.classifier = trial.predict = None
     if not pick.fine_tunes:
         return pick.spec, phases
-    epochs_done = round(pick.images / len(data.train))
+    epochs_done = round(pick.images / result.train_images)
     phases.append(Phase(f"race: {pick.name}", epochs_done, epochs_done, pick.validation_loss, pick.accuracy,
                         round(pick.seconds, 2)))
-    trial_weights = pick.classifier.model.get_weights()
-    epochs = max(1, pick.spec.fine_tune_epochs - epochs_done)
     name = fine_tuning.unfreeze(classifier, pick.spec)  # the same trainable layers as the trial's model
-    # no checkpoint: an auto build cannot --resume (its race would have to run again)
-    phase = fine_tuning.fit_backbone(pick.classifier, data, pick.spec, reporter, TrainingSession(pick.classifier.model),
-                                     name, epochs=epochs, compiled=True)
-    if phase.best_val_loss > pick.validation_loss:
-        reporter.note(f"{name}: the rest of the recipe did not lower the race trial's validation loss "
-                      f"({pick.validation_loss:.3f}); keeping the trial's weights")
-        pick.classifier.model.set_weights(trial_weights)
+    batch = feature_extraction.global_batch(pick.spec)
+    steps_left = (pick.recipe_images - pick.images) // batch
+    if steps_left > 0:
+        trial_weights = pick.classifier.model.get_weights()
+        epochs = math.ceil(steps_left / (result.train_images // batch))  # the schedule ends with the recipe
+        # no checkpoint: an auto build cannot --resume (its race would have to run again)
+        phases.append(fine_tuning.fit_backbone(pick.classifier, data, pick.spec, reporter,
+                                               TrainingSession(pick.classifier.model), name, epochs=epochs,
+                                               compiled=True))
+        probs = evaluation.predictions(pick.predict, data.val, reporter, description=f"{name}: validation")
+        loss = _loss(probs, data.val.labels)  # measured as the trial's was
+        if not loss <= pick.validation_loss:  # NaN included: training on diverged
+            reporter.note(f"{name}: the rest of the recipe did not lower the race trial's validation loss "
+                          f"({pick.validation_loss:.3f}, now {loss:.3f}); keeping the trial's weights")
+            pick.classifier.model.set_weights(trial_weights)
     classifier.model.set_weights(pick.classifier.model.get_weights())
     pick.classifier = pick.predict = None
-    phases.append(phase)
     return pick.spec, phases
 
 

@@ -54,7 +54,8 @@ def test_race_halves_the_field_and_stops_the_losers_early(digits_32, tmp_path, m
     assert second.history[1][1] <= last.history[1][1]
     assert first.stopped.startswith("behind") and second.stopped.startswith("behind") and not last.stopped
     assert race.pick in race.tied
-    assert race.pick is min(race.tied, key=race.full_seconds)
+    cheapest = min(race.tied, key=race.full_seconds)
+    assert race.pick is cheapest or race.advice().verdict == "leads while training"
     evidence = race.advice().evidence
     assert 0 < evidence["cost_share"] < 1 and evidence["race_seconds"] > 0
 
@@ -94,8 +95,6 @@ def test_the_trial_clock_stops_a_step_at_its_deadline():
         model.fit(data, steps_per_epoch=20, epochs=1, verbose=0, callbacks=[clock])
         assert clock.steps == expected
     assert [steps for _, steps in clock.ends] == [8, 16, 20]
-    per_step, warmup = clock.seconds_per_step()
-    assert per_step == pytest.approx((clock.ends[-1][0] - clock.ends[0][0]) / 12) and warmup >= 0
 
 
 def test_candidates_that_unfreeze_the_same_layers_race_once(monkeypatch):
@@ -134,7 +133,7 @@ def test_a_difference_within_the_noise_is_too_close_to_call():
     assert "take the cheaper one, feature-extraction" in advice.reasons[0]
 
 
-def test_a_trial_that_leads_short_of_its_recipe_is_a_floor_and_is_picked():
+def test_a_trial_that_leads_short_of_its_recipe_is_picked_over_a_finished_tie():
     rng = np.random.default_rng(0)
     fe = rng.random(400) < 0.90
     ft = fe.copy()
@@ -143,7 +142,7 @@ def test_a_trial_that_leads_short_of_its_recipe_is_a_floor_and_is_picked():
     advice = race.advice()
     assert len(race.tied) == 2 and advice.verdict == "leads while training"
     assert advice.flags() == "--strategy fine-tune --unfreeze-blocks 2"
-    assert "after 0.25 of its 5 epochs" in advice.reasons[0] and "floor" in advice.reasons[0]
+    assert "after 0.25 of its 5 epochs" in advice.reasons[0] and "goes on from here" in advice.reasons[0]
     behind = synthetic_race(ft, fe, ft_finished=False)  # the same, with feature extraction ahead
     assert behind.pick is behind.trials[0] and behind.advice().verdict == "too close to call"
 
@@ -188,12 +187,11 @@ def test_auto_continues_the_winning_trial(digits_32, tmp_path, monkeypatch):
     top_two = {l.name for _, layers in layer_groups(model)[-2:] for l in layers if l.weights and not is_batch_norm(l)}
     assert seen["trainable"] == top_two | {"factory_head_classifier"}
     assert {l.name for l in model.model.layers if l.trainable and l.trainable_weights} == seen["trainable"]
-    done = round(trial.images / len(digits_32.data.train))  # what the race trained counts
-    assert seen["epochs"] == max(1, RACE_SPEC.fine_tune_epochs - done)
+    recipe = fine_tuning.decay_steps(digits_32.data, RACE_SPEC)  # what the race trained counts
+    assert seen["epochs"] == -(-(recipe - trial_steps) // (recipe // RACE_SPEC.fine_tune_epochs))
     assert chosen.strategy == "fine-tune" and chosen.unfreeze_blocks == 2
     assert [p.name for p in phases] == ["head", "race: fine-tune top 2 blocks", "fine-tune top 2 blocks"]
-    kept = trial_weights if seen["phase"].best_val_loss > trial.validation_loss else seen["trained"]
-    assert all(np.array_equal(a, b) for a, b in zip(model.model.get_weights(), kept))
+    assert all(np.array_equal(a, b) for a, b in zip(model.model.get_weights(), seen["trained"]))
 
 
 def test_auto_keeps_the_trial_when_the_rest_of_the_recipe_does_not_help(digits_32, tmp_path, monkeypatch):
@@ -215,6 +213,40 @@ def test_auto_keeps_the_trial_when_the_rest_of_the_recipe_does_not_help(digits_3
     assert any("keeping the trial's weights" in line for line in notes)
 
 
+def test_a_trial_that_ran_its_whole_recipe_is_not_trained_again(digits_32, tmp_path, monkeypatch):
+    monkeypatch.setattr(advisor, "FINE_TUNE_CANDIDATES", (2,))
+    model, race = run_race(digits_32, tmp_path)
+    race.pick = trial = race.trials[1]
+    trial.images = trial.recipe_images  # as if its rungs had reached the end of its recipe
+    trial_weights = [w.copy() for w in trial.classifier.model.get_weights()]
+    monkeypatch.setattr(fine_tuning, "fit", lambda *a, **k: pytest.fail("a finished recipe trained on"))
+    _, phases = advisor.train_winner(race, model, digits_32.data, Silent())
+    assert [p.name for p in phases] == ["head", "race: fine-tune top 2 blocks"]
+    assert all(np.array_equal(a, b) for a, b in zip(model.model.get_weights(), trial_weights))
+
+
+def test_the_first_rung_runs_dearest_first_and_later_rungs_best_first(digits_32, tmp_path, monkeypatch):
+    monkeypatch.setattr(advisor, "COST_SHARE", 10.0)  # no cost cap
+    accuracy = {"fine-tune top 2 blocks": 0.6, "fine-tune top 5 blocks": 0.8, "fine-tune all": 0.4}
+    order = []
+
+    def measured_step(trial, data, steps, batch, execution, rung, reporter, deadline):  # no training: an order
+        order.append((rung, trial.name))
+        trial.images += steps * batch
+        trial.seconds_per_image, trial.validation_seconds = 1e-4, 0.01
+        trial.correct = np.arange(len(data.val.labels)) < accuracy[trial.name] * len(data.val.labels)
+        trial.history.append((trial.images, trial.accuracy))
+        return steps
+
+    monkeypatch.setattr(advisor, "_step", measured_step)
+    _, race = run_race(digits_32, tmp_path)
+    assert order == [(0, "fine-tune all"), (0, "fine-tune top 5 blocks"), (0, "fine-tune top 2 blocks"),
+                     (1, "fine-tune top 5 blocks"), (1, "fine-tune top 2 blocks"), (2, "fine-tune top 5 blocks")]
+    recipe = fine_tuning.decay_steps(digits_32.data, RACE_SPEC)
+    first_rung = max(2, round(recipe * advisor.FIRST_RUNG)) / (recipe // RACE_SPEC.fine_tune_epochs)
+    assert race.trials[3].stopped == f"behind after {first_rung:.2f} epochs"  # all, the worst
+
+
 def test_build_auto_trains_the_race_pick_and_advise_prints_it(tmp_path):
     env = {**os.environ, "EDGEFACTORY_CACHE": str(tmp_path / "cache")}  # cold: the budget below is spent
     result = subprocess.run(FACTORY + ["build", "--quiet", "--data", "digits", "--input-size", "32",
@@ -231,7 +263,8 @@ def test_build_auto_trains_the_race_pick_and_advise_prints_it(tmp_path):
         assert strategy["name"] == "feature-extraction" and phases == ["head"]
     else:
         assert strategy["name"] == "fine-tune" and phases[:2] == ["head", f"race: {picked[0]}"]
-        assert len(phases) == 3 and strategy["trainable_layers"] > 1
+        finished = next(c["finished"] for c in candidates if c["picked"])
+        assert len(phases) == (2 if finished else 3) and strategy["trainable_layers"] > 1
 
     env["EDGEFACTORY_CACHE"] = str(tmp_path / "cold-cache")
     advised = subprocess.run(FACTORY + ["advise", "--quiet", "--data", "digits", "--input-size", "32",
