@@ -101,9 +101,9 @@ class Race:
     tied: list[Trial] = field(default_factory=list)
 
     def full_seconds(self, trial: Trial) -> float | None:
-        """Projected wall time of a build that trains `trial`'s candidate fully (cache warm). A
-        candidate not measured yet costs at least what the dearest measured one does (the
-        candidates unfreeze more and more), None before any fine-tuning was measured."""
+        """Projected wall time of a build that trains `trial`'s candidate fully (cache warm): a
+        candidate not measured yet costs what its nearest measured neighbour does, None before
+        any fine-tuning was measured."""
         if not trial.fine_tunes:
             return self.head.seconds
         like = self._costed_like(trial)
@@ -121,14 +121,19 @@ class Race:
         return [t for t in self.trials if t.fine_tunes and t.seconds_per_image is not None]
 
     def _costed_like(self, trial: Trial) -> Trial | None:
-        """Whose measurements stand for `trial`'s costs: its own, else the dearest measured one's."""
+        """Whose measurements stand for `trial`'s costs: its own, else the nearest measured
+        candidate's, from below when there is one (the candidates unfreeze more and more)."""
         if trial.seconds_per_image is not None:
             return trial
-        return max(self._measured(), key=lambda t: t.seconds_per_image, default=None)
+        measured = {id(t) for t in self._measured()}  # by identity: trials hold arrays
+        place = [id(t) for t in self.trials].index(id(trial))
+        cheaper = [t for t in self.trials[:place] if id(t) in measured]
+        dearer = [t for t in self.trials[place + 1:] if id(t) in measured]
+        return cheaper[-1] if cheaper else dearer[0] if dearer else None
 
     def least_step_seconds(self, trial: Trial, batch: int) -> float:
         """The least a step of `trial` costs: its warm-up (the first time), one execution, its
-        validation pass; from its own measurements, else the dearest measured candidate's."""
+        validation pass; from its own measurements, else its nearest measured neighbour's."""
         like = self._costed_like(trial)
         if like is None:
             return 0.0
@@ -309,7 +314,7 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
                 trial.stopped = "budget"  # cut short: not comparable with the others at this rung
                 result.budget_reached = True
         alive = [t for t in alive if not t.stopped]
-        if len(alive) <= 1 or all(t.images // batch >= full_steps for t in alive):
+        if len(alive) <= 1 or all(t.finished for t in alive):
             break
         alive.sort(key=lambda t: (-t.accuracy, result.full_seconds(t)))
         keep = math.ceil(len(alive) / 2)
