@@ -171,14 +171,14 @@ def measure(name: str, args) -> dict:
     winner, runner_up = ranked[0], ranked[1]
     margin = round(full[winner]["test_accuracy"] - full[runner_up]["test_accuracy"], 4)  # no float dust
     pick = next(c["name"] for c in evidence["candidates"] if c["picked"])
+    behind = round(full[winner]["test_accuracy"] - full[pick]["test_accuracy"], 4)
     all_full = evidence["shared_seconds"] + sum(f["train_seconds"] for f in full.values())
     return {
         "dataset": name, "description": description, "package": package, "domain": domain,
         "splits": prepared.data.sizes(), "classes": len(prepared.data.class_names),
         "full": full, "winner": winner, "margin": margin,
         "pick": pick, "verdict": advice.verdict, "reasons": advice.reasons, "race": evidence,
-        "pick_behind_winner": round(full[winner]["test_accuracy"] - full[pick]["test_accuracy"], 4),
-        "right": margin <= 0.01 or round(full[winner]["test_accuracy"] - full[pick]["test_accuracy"], 4) <= 0.005,
+        "pick_behind_winner": behind, "right": margin <= 0.01 or behind <= 0.005,
         "race_seconds": round(race_seconds, 1), "all_full_seconds": round(all_full, 1),
         "cost_share": round(race_seconds / all_full, 3),
     }

@@ -18,10 +18,11 @@ Every candidate is measured on the validation split after its last step. The ver
 paired bootstrap over those validation images: a candidate whose accuracy is not clearly
 below the leader's (the 95% interval of the difference reaches 0) is tied with it. Among tied
 candidates the cheapest to train fully is recommended ("too close to call: take the cheaper
-one"), except when the leader is a trial stopped short of its recipe: a full build goes on
-from it (and keeps its weights unless training on lowers the validation loss), so its
-accuracy is a floor, and the cheaper candidates tied with it measured less ("leads while
-training"). Nothing here is a threshold fitted to some dataset.
+one"), except when the leader is a trial stopped short of its recipe: its recipe goes on from
+there (`--strategy auto` keeps its weights unless training on lowers the validation loss), so
+it gives way only to a cheaper tie as far along an unfinished recipe, not to a finished one
+such as feature extraction ("leads while training"). Nothing here is a threshold fitted to
+some dataset.
 
 The race costs at most COST_SHARE of training every candidate fully (extraction counted once,
 as the feature cache shares it; full fine-tuning projected from the speed measured in the
@@ -309,7 +310,7 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
                 trial.classifier.model.set_weights(head_weights)
                 fine_tuning.unfreeze(trial.classifier, trial.spec)
                 trial.predict = classifier_lib.inference_fn(trial.classifier.model)
-            todo = min(steps, full_steps - trial.images // batch)  # a trial ends with its recipe
+            todo = min(steps, (trial.recipe_images - trial.images) // batch)  # a trial ends with its recipe
             if todo and _step(trial, data, todo, batch, result.execution, rung, reporter, deadline) < todo:
                 trial.stopped = "budget"  # cut short: not comparable with the others at this rung
                 result.budget_reached = True
@@ -361,7 +362,7 @@ def _step(trial: Trial, data, steps: int, batch: int, execution: int, rung: int,
     fit(trial.classifier.model, train, None, steps_per_epoch=steps, examples=steps * batch, name=f"race: {trial.name}",
         epochs=1, learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
         reporter=reporter, class_weight=feature_extraction.class_weights(data, spec), compiled=trial.images > 0,
-        steps_per_execution=execution, callbacks=(clock,), decay_steps=fine_tuning.decay_steps(data, spec))
+        steps_per_execution=execution, callbacks=(clock,), decay_steps=trial.recipe_images // batch)
     if len(clock.ends) > 1:  # the first execution is mostly the trace: no speed from it alone
         per_step, warmup = clock.seconds_per_step()
         trial.seconds_per_image = per_step / batch
