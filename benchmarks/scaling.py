@@ -7,7 +7,7 @@ For each size, in one run and each in a fresh process (its own peak RSS):
           drifts by 10-40% from one process to the next, and the bracket shows by how much
   build   `factory build --strategy feature-extraction --target tflite` with a cold feature cache
           (data stage, extraction, head training, test evaluation, TFLite conversion and parity
-          check on the whole test split), wall time and peak RSS
+          check on up to 5,000 test images), wall time and peak RSS
 and then, on the largest size but one with its cache warm: the same images again (warm), and
 --new-share more images (a stratified prefix of the set grows by that share: incremental).
 

@@ -166,7 +166,7 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
         items, labels, class_names = NAMED_SOURCES[source]()
     else:
         items, labels, class_names = _folder_source(Path(source))
-    keep = _stratified_subset(labels, spec.limit, seed)
+    keep = stratified_subset(labels, spec.limit, seed)
     kept_items, kept_labels, keys, skipped = [], [], [], []
     reporter = reporter or Silent()
     task = reporter.start("checking images", total=len(keep), unit="images")
@@ -265,7 +265,7 @@ NAMED_SOURCES = {
 }
 
 
-def _stratified_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Indices of at most `limit` items with the class proportions of `labels`."""
     if limit is None or limit >= len(labels):
         return np.arange(len(labels))

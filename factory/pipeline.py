@@ -173,7 +173,7 @@ VERIFY_BATCH = 512  # test images handed to an artifact's runtime at a time
 
 @dataclass
 class ArtifactReport:
-    """One converted artifact, compared with the Keras model on the whole test split."""
+    """One converted artifact, compared with the Keras model on the test split (or a sample of it)."""
 
     artifact: Artifact
     mode: Mode
@@ -182,7 +182,8 @@ class ArtifactReport:
     accuracy: float  # of the artifact itself, in its runtime
     min_agreement: float  # the threshold it is held to
     description: dict  # stored number types
-    verify_seconds: float = 0.0  # running it on the test split in its runtime
+    verified_images: int = 0  # test images it was compared with Keras on
+    verify_seconds: float = 0.0  # running it on those in its runtime
     latency: dict | None = None
 
     @property
@@ -203,6 +204,7 @@ class ArtifactReport:
             "bytes": sum(f.stat().st_size for f in files),
             "sha256": manifest.sha256(self.artifact.path),
             "convert_seconds": self.artifact.convert_seconds, "verify_seconds": self.verify_seconds,
+            "verified_images": self.verified_images,
             "agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "accuracy": self.accuracy,
             "min_agreement": self.min_agreement,
             "passes_gate": self.passes_gate,
@@ -249,12 +251,17 @@ def convert(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mod
 
 def verify(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode, artifact: Artifact,
            spec: ExportSpec) -> ArtifactReport:
-    """Run the artifact in its own runtime on the whole test split and compare it with Keras."""
-    test = prepared.data.test
+    """Run the artifact in its own runtime on the test split (a stratified sample of
+    `spec.verify_images` when it is larger: the check's cost stays bounded as the data grows)
+    and compare it with Keras on the same images."""
+    test, keras_probs = prepared.data.test, trained.test_probs
+    if len(test) > spec.verify_images:
+        positions = data_lib.stratified_subset(test.labels, spec.verify_images, prepared.data_spec.seed)
+        test, keras_probs = test.subset(positions), keras_probs[positions]
     start = time.perf_counter()
     probs = np.concatenate([target.predict(artifact, images) for images, _ in test.batches(VERIFY_BATCH)])
-    report = parity.compare(trained.test_probs, probs, test.labels)
-    return ArtifactReport(artifact, mode, **report, min_agreement=spec.threshold(mode),
+    report = parity.compare(keras_probs, probs, test.labels)
+    return ArtifactReport(artifact, mode, **report, min_agreement=spec.threshold(mode), verified_images=len(test),
                           description=target.describe(artifact),
                           verify_seconds=round(time.perf_counter() - start, 2))
 

@@ -123,6 +123,7 @@ class ExportSpec:
     qat_epochs: int = 2  # quantization-aware training before a qat conversion
     qat_learning_rate: float = 1e-5
     latency_runs: int = 30  # batch-1 timing runs per artifact in a fresh process; 0 skips
+    verify_images: int = 5000  # test images each artifact runs on (a stratified sample of a larger split)
 
     def __post_init__(self):
         object.__setattr__(self, "targets", tuple(dict.fromkeys(self.targets)))
@@ -134,6 +135,7 @@ class ExportSpec:
         _check(self.int8_io in ("uint8", "int8"), f"--int8-io {self.int8_io!r}: choose uint8 or int8")
         _positive(self.qat_epochs, "--qat-epochs")
         _check(self.latency_runs >= 0, "--latency-runs must be 0 or more")
+        _positive(self.verify_images, "--verify-images")
 
     def chosen_targets(self) -> list:
         return [registry.get(name, int8_io=self.int8_io) for name in self.targets]
@@ -220,6 +222,7 @@ class BuildSpec:
             "quantize": list(export.quantize), "min_agreement": export.min_agreement,
             "calibration_size": export.calibration_size, "int8_io": export.int8_io, "qat_epochs": export.qat_epochs,
             "qat_learning_rate": export.qat_learning_rate, "latency_runs": export.latency_runs,
+            "verify_images": export.verify_images,
             "publish": str(publish.store) if publish else None, "model_name": publish.model_name if publish else None,
             "version": publish.version if publish else None,
         }

@@ -77,6 +77,24 @@ def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
     assert timing["p50_ms"] > 0 and timing["threads"] == 1
 
 
+def test_verification_of_a_large_test_split_runs_on_an_aligned_stratified_sample(digits_model, tmp_path):
+    from factory import pipeline
+    from factory.specs import BackboneSpec, DataSpec, ExportSpec
+
+    model, digits, keras_probs, context = digits_model
+    target = REGISTRY["tflite"]
+    artifact = target.convert(model, "float32", tmp_path, context)
+    trained = pipeline.TrainedModel(model, NORMALIZATION, keras_probs, digits.test.labels, spec=None)
+    prepared = pipeline.Prepared(DataSpec("digits"), BackboneSpec(), None, digits)
+    mode = target.mode("float32")
+    sampled = pipeline.verify(trained, prepared, target, mode, artifact, ExportSpec(verify_images=100))
+    assert len(digits.test) > 100 and sampled.verified_images == 100
+    assert sampled.agreement >= 0.99 and sampled.max_abs_diff < 1e-4  # Keras's rows are those same images
+    whole = pipeline.verify(trained, prepared, target, mode, artifact, ExportSpec())
+    assert whole.verified_images == len(digits.test) and whole.accuracy > 0.75
+    assert abs(sampled.accuracy - whole.accuracy) < 0.1  # every class in it, in proportion
+
+
 def test_int8_is_smaller_than_float32(digits_model, tmp_path):
     model, _, _, context = digits_model
     target = REGISTRY["tflite"]

@@ -2,7 +2,7 @@
 
 Each strategy is trained from the same pretrained weights on the same split, with its own
 (cold) feature cache, so its wall time is what a first build costs. Each artifact is
-converted, run in its own runtime on the whole test split, and timed in a fresh process at
+converted, run in its own runtime on the test split, and timed in a fresh process at
 batch 1 (latency) and at a larger batch (throughput). A cell that fails is recorded with its
 error and the grid goes on. results.json is rewritten after every cell, so an interrupted run
 keeps what it measured. Every step is a pipeline stage (factory.pipeline).

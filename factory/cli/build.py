@@ -73,6 +73,8 @@ def build(
     qat_epochs: int = typer.Option(EXPORT.qat_epochs, help="Epochs of quantization-aware training for --quantize qat."),
     latency_runs: int = typer.Option(EXPORT.latency_runs, help="Batch-1 timing runs per artifact in a fresh "
                                      "process (0: skip)."),
+    verify_images: int = typer.Option(EXPORT.verify_images, help="Test images each artifact is checked on against "
+                                      "Keras (a stratified sample of a larger test split)."),
     publish: Optional[Path] = typer.Option(None, help="Publish the finished build into this store folder."),
     model_name: Optional[str] = typer.Option(None, help="Model name in the store (default: the --out folder's name)."),
     version: Optional[str] = typer.Option(None, help="Version in the store (default: the next number)."),
@@ -106,7 +108,8 @@ def build(
             patience=patience, seed=seed, advisor_budget_s=budget_s),
         export=ExportSpec(
             targets=tuple(target), quantize=tuple(quantize), min_agreement=min_agreement,
-            calibration_size=calibration_size, int8_io=int8_io, qat_epochs=qat_epochs, latency_runs=latency_runs),
+            calibration_size=calibration_size, int8_io=int8_io, qat_epochs=qat_epochs, latency_runs=latency_runs,
+            verify_images=verify_images),
         publish=PublishSpec(publish, model_name or out.resolve().name, version, sign_key) if publish else None,
         cache=CacheSpec(enabled=cache, folder=cache_dir),
         resume=resume,
