@@ -201,7 +201,17 @@ def _try(function, *args):
         return None, exc
 
 
-def _folder_source(root: Path):
+def check_source(source: str) -> None:
+    """Refuse a source that cannot be listed, without listing it: a missing folder, one without
+    class sub-folders or with only one, a named source that is not installed."""
+    if source in NAMED_SOURCES:
+        if source == "fashion-mnist":
+            _fashion_mnist_files()
+        return
+    _class_dirs(Path(source))
+
+
+def _class_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise FactoryError(
             f"--data {root}: no such folder and not a named source ({', '.join(NAMED_SOURCES)})"
@@ -213,6 +223,11 @@ def _folder_source(root: Path):
         raise FactoryError(
             f"--data {root}: only one class ({class_dirs[0].name}); a classifier needs at least two class folders"
         )
+    return class_dirs
+
+
+def _folder_source(root: Path):
+    class_dirs = _class_dirs(root)
     items, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(
@@ -243,7 +258,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fashion_mnist():
+def _fashion_mnist_files() -> list[Path]:
     files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     missing = [f for f in files if not (FASHION_MNIST_DIR / f).is_file()]
@@ -252,7 +267,11 @@ def _fashion_mnist():
             f"fashion-mnist is not installed ({FASHION_MNIST_DIR} lacks {missing[0]}): "
             "apt-get install dataset-fashion-mnist"
         )
-    train_x, train_y, test_x, test_y = (_read_idx(FASHION_MNIST_DIR / f) for f in files)
+    return [FASHION_MNIST_DIR / f for f in files]
+
+
+def _fashion_mnist():
+    train_x, train_y, test_x, test_y = map(_read_idx, _fashion_mnist_files())
     images = np.concatenate([train_x, test_x])
     labels = np.concatenate([train_y, test_y]).astype(np.int64)
     return list(images), labels, list(FASHION_MNIST_CLASSES)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from factory import (advisor, backbones, cache as cache_lib, classifier as classifier_lib, data as data_lib,
-                     distributed, manifest, staging, store, strategies)
+                     distributed, manifest, preflight, staging, store, strategies)
 from factory.evaluation import evaluate, evaluate_on_features
 from factory.progress import Reporter, Silent
 from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
@@ -295,14 +295,6 @@ def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir:
 
 # --- publish -------------------------------------------------------------------------------------
 
-def check_publish(spec: PublishSpec) -> None:
-    """Refuse a bad name or a taken version before any work is done."""
-    store.check_name("--model-name", spec.model_name)
-    if spec.version and spec.version in store.versions(Path(spec.store), spec.model_name):
-        raise FactoryError(f"{spec.model_name} version {spec.version} is already published; "
-                                 "choose another --version")
-
-
 def publish(build_dir: Path, spec: PublishSpec) -> Path:
     return store.publish(Path(build_dir), Path(spec.store), spec.model_name, spec.version, sign_key=spec.sign_key)
 
@@ -326,9 +318,7 @@ def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
         _single_process("--strategy auto")
     cluster = distributed.cluster()  # before any other TensorFlow op
     out = Path(spec.out)
-    if spec.publish:
-        check_publish(spec.publish)
-    staging.check_destination(out)
+    preflight.check_build(spec)
     start = time.perf_counter()
     prepared = prepare(spec.data, spec.backbone, reporter)
     trained = train(prepared, spec.training, cache=spec.cache, reporter=reporter, checkpoint=spec.checkpoint_dir,

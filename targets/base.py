@@ -58,6 +58,10 @@ class Target:
     def bench_modes(self) -> list[Mode]:
         return [m for m in self.modes if m.in_bench]
 
+    def ready(self) -> str | None:
+        """None when its runtime is installed, else what to install (checked before any work)."""
+        return None
+
     def convert(self, model, mode: str, out_dir: Path, context: ConversionContext) -> Artifact:
         """Write the artifact for `model` under `out_dir`."""
         raise NotImplementedError

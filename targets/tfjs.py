@@ -51,6 +51,9 @@ class TFJSTarget(Target):
     modes = MODES
     browser_files = BROWSER_FILES
 
+    def ready(self) -> str | None:
+        return node_ready()
+
     def convert(self, model, quantize: str, out_dir: Path, context) -> Artifact:
         if self.mode(quantize) is None:
             raise self._unknown_mode(quantize)

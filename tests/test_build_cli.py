@@ -1,14 +1,18 @@
 """`factory build` end to end on real weights and real data, and its error paths."""
+import io
 import json
+import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from factory import manifest as manifest_lib, staging
-from factory.cli import app
+from factory.cli import app, build as build_cli
 from targets import registry
 from targets.errors import FactoryError
 from targets.tflite import run_interpreter
@@ -30,7 +34,7 @@ def fashion_build(tmp_path_factory):
         "--target", "tflite", "--target", "tfjs", "--quantize", "float32", "--quantize", "int8",
         "--input-size", "96", "--limit", "3000", "--latency-runs", "10", "--out", str(out),
     )
-    return out, manifest_lib.read(out), result.stdout
+    return out, manifest_lib.read(out), result.stdout, result.stderr
 
 
 def artifact(manifest, target, quantize):
@@ -39,7 +43,7 @@ def artifact(manifest, target, quantize):
 
 
 def test_feature_extraction_build_reaches_target_accuracy(fashion_build):
-    out, manifest, stdout = fashion_build
+    out, manifest, stdout, _ = fashion_build
     keras_accuracy = manifest["metrics"]["keras_test_accuracy"]
     float32 = artifact(manifest, "tflite", "float32")
     assert keras_accuracy >= 0.80
@@ -49,7 +53,7 @@ def test_feature_extraction_build_reaches_target_accuracy(fashion_build):
 
 
 def test_every_artifact_is_verified_and_timed(fashion_build):
-    out, manifest, _ = fashion_build
+    out, manifest, _, _ = fashion_build
     assert {(a["target"], a["quantize"]) for a in manifest["artifacts"]} == {
         ("tflite", "float32"), ("tflite", "int8"), ("tfjs", "float32")}  # tfjs offers no int8
     for entry in manifest["artifacts"]:
@@ -64,7 +68,7 @@ def test_every_artifact_is_verified_and_timed(fashion_build):
 
 
 def test_manifest_records_the_build(fashion_build):
-    out, manifest, _ = fashion_build
+    out, manifest, _, _ = fashion_build
     assert manifest["backbone"]["name"] == "efficientnet_lite0" and manifest["backbone"]["input_size"] == 96
     assert manifest["strategy"]["name"] == "feature-extraction"
     assert manifest["strategy"]["trainable_layers"] == 1  # the new classifier only
@@ -81,12 +85,86 @@ def test_tflite_artifact_runs_on_raw_pixels(fashion_build):
     from factory import data
     from factory.specs import DataSpec
 
-    out, manifest, _ = fashion_build
+    out, manifest, _, _ = fashion_build
     test = data.load(DataSpec("fashion-mnist", limit=3000), 96).test
     probs = run_interpreter(out / "model_float32.tflite", test.load_images()[:64])
     assert probs.shape == (64, 10)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
     assert np.mean(probs.argmax(1) == test.labels[:64]) > 0.7
+
+
+TENSORFLOW_LOG_LINE = re.compile(r"^([EWI]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [EWI] |WARNING: All log messages)")
+
+
+def test_a_build_prints_no_tensorflow_log_lines(fashion_build):
+    _, _, stdout, stderr = fashion_build
+    noise = [line for line in (stdout + stderr).splitlines() if TENSORFLOW_LOG_LINE.match(line)
+             or "cuInit" in line or "computation placer" in line]
+    assert not noise, noise
+
+
+def test_the_summary_fits_80_columns(fashion_build):
+    out, manifest, _, _ = fashion_build
+    console = Console(width=80, record=True, file=io.StringIO())
+    build_cli._print_summary(manifest, out, console)
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    float32 = artifact(manifest, "tflite", "float32")
+    assert any(line.split("│")[1:3] == [" tflite float32 ", f" {float32['accuracy']:.4f} "] for line in lines)
+    assert "splits: 2,100 train, 300 validation, 600 test; trained " in "\n".join(lines)
+
+
+def test_build_help_is_grouped_and_fits_80_columns():
+    result = CliRunner().invoke(app, ["build", "--help"], terminal_width=80)
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and max(map(len, lines)) <= 80
+    headings = [line for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["Data:", "Model:", "Training:", "Export:", "Delivery:", "Other options:"]
+    options = [line.split()[0] for line in lines if line.startswith("  --")]
+    assert len(options) == len(set(options)) > 35 and "--verify-images" in options
+
+
+# Each mistake is refused by the checks made before TensorFlow is imported (the snippet says
+# whether it was): the same one line, exit code 2, at once.
+BEFORE_TENSORFLOW = """
+import atexit, sys
+atexit.register(lambda: print("tensorflow imported:", "tensorflow" in sys.modules))
+from factory.cli import main
+sys.argv[0] = "factory"
+main()
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "onnx"], "unknown target 'onnx'"),
+    (["--input-size", "0"], "--input-size 0 is out of range"),
+    (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
+    (["--quantize", "int4"], "--quantize int4 is not offered"),
+    (["--backbone", "nope"], "unknown backbone 'nope'"),
+    (["--backbone", "hub:/no/dir"], "no saved_model.pb"),
+    (["--unfreeze", "some"], "--unfreeze 'some'"),
+    (["--strategy", "magic"], "magic"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--publish", "store", "--model-name", "../up"], "--model-name '../up' is not allowed"),
+    (["--out", "FOREIGN"], "is not empty and holds no manifest.json"),
+    (["--target", "tfjs", "NO-NODE"], "--target tfjs: Node.js is not installed"),
+])
+def test_mistakes_are_refused_before_tensorflow_is_imported(tmp_path, args, message):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    env = dict(os.environ)
+    if "NO-NODE" in args:
+        args = [a for a in args if a != "NO-NODE"]
+        env["PATH"] = str(tmp_path)  # no node on it
+    args = [str(foreign) if a == "FOREIGN" else a for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    result = subprocess.run([sys.executable, "-c", BEFORE_TENSORFLOW, "build", "--data", "digits", *out, *args],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
+    assert "tensorflow imported: False" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign"]  # nothing written
 
 
 @pytest.mark.slow

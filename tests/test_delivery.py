@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from factory import fetch, pipeline, store
 from factory.cli import app
+from factory.cli.common import console
 from targets.errors import FactoryError
 from factory.specs import BackboneSpec, BuildSpec, DataSpec, ExportSpec, TrainingSpec
 from factory.server import CHECKSUM_HEADER, serve
@@ -52,7 +53,7 @@ def get(port, path, headers=None):
     return response.status, response.headers, response.read()  # header names: case-insensitive
 
 
-def test_publish_is_versioned_and_never_overwrites(built, tmp_path):
+def test_publish_is_versioned_and_never_overwrites(built, tmp_path, monkeypatch):
     root = tmp_path / "store"
     assert store.publish(built.out, root, "digits").name == "1"
     assert store.publish(built.out, root, "digits").name == "2"
@@ -61,9 +62,12 @@ def test_publish_is_versioned_and_never_overwrites(built, tmp_path):
         store.publish(built.out, root, "digits", version="1")
     with pytest.raises(FactoryError, match="not allowed"):
         store.publish(built.out, root, "../escape")
+    monkeypatch.setattr(console, "width", 80)  # as a terminal of 80 columns
     result = CliRunner().invoke(app, ["models", str(root)])
-    assert result.exit_code == 0 and "digits" in result.output and "2 (latest)" in result.output
-    assert "tfjs float32" in result.output
+    assert result.exit_code == 0 and "digits 2 (latest)" in result.output
+    assert max(map(len, result.output.splitlines())) <= 80
+    tfjs = next(a for a in built.manifest["artifacts"] if a["target"] == "tfjs")
+    assert f"tfjs float32: {tfjs['accuracy']:.3f}, " in result.output  # one artifact per line, not cut
 
 
 # A publish that blocks at a known point (after its first file is copied, or right after the

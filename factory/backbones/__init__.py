@@ -77,7 +77,12 @@ def names() -> list[str]:
 
 
 def check_name(name: str) -> None:
-    if not name.startswith("hub:") and name not in REGISTRY:
+    """Refuse an unknown registry name, or a hub handle that names no SavedModel folder."""
+    if name.startswith("hub:"):
+        from factory.backbones import hub
+
+        hub.check_handle(name[len("hub:"):])
+    elif name not in REGISTRY:
         raise FactoryError(f"unknown backbone {name!r}: choose one of {', '.join(names())}")
 
 

@@ -15,12 +15,15 @@ from targets.errors import FactoryError, one_line
 DEFAULT_INPUT_SIZE = 224
 
 
-def backbone(handle: str, input_size: int | None) -> Backbone:
+def check_handle(handle: str) -> None:
     if not handle:
         raise FactoryError("--backbone hub: needs a handle, e.g. hub:/path/to/saved_model")
-    is_url = "://" in handle
-    if not is_url and not (Path(handle) / "saved_model.pb").is_file():
+    if "://" not in handle and not (Path(handle) / "saved_model.pb").is_file():
         raise FactoryError(f"--backbone hub:{handle}: no saved_model.pb in that folder; pass a TF2 SavedModel directory")
+
+
+def backbone(handle: str, input_size: int | None) -> Backbone:
+    check_handle(handle)
 
     def build(x):
         import tensorflow_hub as hub

@@ -7,10 +7,11 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from factory import preflight
 from factory.backbones import DEFAULT_BACKBONE
 from factory.cli.common import (BackboneOption, BudgetOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet,
-                                SeedOption, WeightsOption, app, console, data_and_backbone, modes_help, one_line_errors,
-                                size_text)
+                                SeedOption, WeightsOption, app, console, data_and_backbone, grouped_help, modes_help,
+                                one_line_errors, size_text)
 from factory.specs import DEFAULT_SEED, BuildSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
 from targets import registry
 from targets.errors import FactoryError
@@ -36,7 +37,19 @@ def _parse_unfreeze(value: str) -> int | None:
     return int(value)
 
 
-@app.command()
+BUILD_HELP_GROUPS = {
+    "Data": ("data", "limit", "seed", "strict_data", "cache", "cache_dir"),
+    "Model": ("backbone", "weights", "input_size"),
+    "Training": ("strategy", "unfreeze", "unfreeze_blocks", "gradual", "augment", "class_weights", "epochs",
+                 "fine_tune_epochs", "learning_rate", "fine_tune_learning_rate", "batch_size", "patience",
+                 "budget_s", "resume"),
+    "Export": ("out", "target", "quantize", "min_agreement", "verify_images", "calibration_size", "int8_io",
+               "qat_epochs", "latency_runs"),
+    "Delivery": ("publish", "model_name", "version", "sign_key"),
+}
+
+
+@app.command(cls=grouped_help(BUILD_HELP_GROUPS))
 @one_line_errors
 def build(
     data: DataOption,
@@ -114,6 +127,7 @@ def build(
         cache=CacheSpec(enabled=cache, folder=cache_dir),
         resume=resume,
     )
+    preflight.check_build(spec)  # before TensorFlow is imported: a mistake is refused at once
     from factory import pipeline
     from factory.progress import Reporter
 
@@ -127,27 +141,32 @@ def build(
         console.print(f"published: {result.release}")
 
 
-def _print_summary(manifest: dict, out: Path) -> None:
+def _print_summary(manifest: dict, out: Path, console=console) -> None:
+    """The build at a glance, in 80 columns: each model's test accuracy, agreement with Keras,
+    size, batch-1 latency and the time it took."""
     metrics, strategy = manifest["metrics"], manifest["strategy"]
-    table = Table(title=f"{manifest['backbone']['name']} / {strategy['name']} -> {out}")
-    for column in ("model", "test accuracy", "agreement", "size", "latency p50", "time"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    keras_size = strategy["total_params"] * 4
-    table.add_row(
-        "keras", f"{metrics['keras_test_accuracy']:.4f}", "-", size_text(keras_size), "-",
-        f"{metrics['train_seconds']:.1f}s train"
-    )
+    table = Table(title=f"{manifest['backbone']['name']} / {strategy['name']}")
+    for column in ("model", "accuracy", "agreement", "size", "p50", "time"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    table.add_row("keras", f"{metrics['keras_test_accuracy']:.4f}", "-", size_text(strategy["total_params"] * 4),
+                  "-", f"{metrics['train_seconds']:.1f} s")
     for a in manifest["artifacts"]:
         latency = f"{a['latency']['p50_ms']:.2f} ms" if a.get("latency") else "-"
-        table.add_row(
-            f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
-            size_text(a["bytes"]), latency, f"{a['convert_seconds']:.1f}s convert",
-        )
+        table.add_row(f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
+                      size_text(a["bytes"]), latency, f"{a['convert_seconds']:.1f} s")
     console.print(table)
-    console.print(
-        f"trainable layers: {strategy['trainable_layers']}, trainable params: {strategy['trainable_params']:,}; "
-        f"splits {manifest['data']['splits']}"
-    )
+    splits = manifest["data"]["splits"]
+    verified = min(a.get("verified_images", splits["test"]) for a in manifest["artifacts"])
+    lines = [
+        f"accuracy on {splits['test']:,} test images; agreement with keras on "
+        + (f"{verified:,} of them" if verified < splits["test"] else "the same images"),
+        "time: data and training for keras, conversion for each artifact",
+        f"splits: {splits['train']:,} train, {splits['validation']:,} validation, {splits['test']:,} test; "
+        f"trained {strategy['trainable_params']:,} parameters in {strategy['trainable_layers']} layers",
+        f"written to {out}",
+    ]
+    for line in lines:
+        console.print(line, highlight=False)
 
 
 @app.command("backbones")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 from rich.console import Console
 from typing_extensions import Annotated
 
@@ -18,9 +19,30 @@ from targets.errors import FactoryError
 # Plain click help (no rich panels): it wraps cleanly at 80 columns instead of cutting option names.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Edge model factory: transfer-learn, convert, verify.")
-console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no wrapped table cells
+console = Console()  # the terminal's width ($COLUMNS), 80 columns when not a terminal
 
-Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow's own log lines.")]
+
+
+def grouped_help(groups: dict[str, tuple[str, ...]]) -> type:
+    """A command class whose --help lists its options under these headings (parameter names),
+    the rest under "Other options"; plain text that wraps at 80 columns."""
+
+    class GroupedCommand(TyperCommand):
+        def format_options(self, ctx, formatter):
+            records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+            grouped = {name for names in groups.values() for name in names}
+            unknown = grouped - set(records)
+            if unknown:
+                raise AssertionError(f"help groups name no such option: {sorted(unknown)}")
+            others = tuple(name for name in records if name not in grouped)
+            for title, names in [*groups.items(), ("Other options", others)]:
+                rows = [records[name] for name in names if records[name]]
+                if rows:
+                    with formatter.section(title):
+                        formatter.write_dl(rows)
+
+    return GroupedCommand
 
 
 WRAPPED_FACTORY_ERROR = re.compile(r"FactoryError: ([^\n]+)")
@@ -32,6 +54,8 @@ def one_line_errors(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        if kwargs.get("debug"):
+            os.environ["EDGEFACTORY_DEBUG"] = "1"  # read when TensorFlow is first imported
         try:
             return command(*args, **kwargs)
         except Exception as exc:
@@ -78,7 +102,9 @@ BudgetOption = Annotated[Optional[float], typer.Option(
 def data_and_backbone(data: str, backbone: str, weights: Path | None, input_size: int | None, limit: int | None,
                       seed: int, **data_options):
     """The DataSpec and BackboneSpec those shared options describe (checked here, before any work)."""
+    from factory.data import check_source
     from factory.specs import BackboneSpec, DataSpec
 
+    check_source(data)
     return (DataSpec(data, limit=limit or None, seed=seed, **data_options),
             BackboneSpec(backbone, input_size, str(weights) if weights else None))

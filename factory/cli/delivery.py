@@ -34,18 +34,18 @@ def list_models(store: Path = typer.Argument(..., help="Store folder."), debug: 
         console.print(f"no models in {store}")
         return
     table = Table(title=str(store))
-    for column in ("model", "version", "backbone / strategy", "keras acc", "artifacts (accuracy, size)", "created"):
+    for column in ("model / version", "backbone / strategy", "keras", "artifacts: accuracy, size"):
         table.add_column(column)
     for row in rows:
-        version = row["version"] + (" (latest)" if row["latest"] else "")
+        name = f"{row['model']} {row['version']}" + (" (latest)" if row["latest"] else "")
         if row["damaged"]:
-            table.add_row(row["model"], version, "[red]damaged[/] (see below)", "", "", "")
+            table.add_row(name, "[red]damaged[/] (see below)", "", "")
             continue
-        artifacts = ", ".join(f"{a['target']} {a['quantize']} ({_accuracy(a['accuracy'])}, {size_text(a['bytes'])})"
+        artifacts = "\n".join(f"{a['target']} {a['quantize']}: {_accuracy(a['accuracy'])}, {size_text(a['bytes'])}"
                               for a in row["artifacts"])
-        table.add_row(row["model"], version + (" signed" if row["signed"] else ""),
-                      f"{row['backbone']} / {row['strategy']}", _accuracy(row["keras_accuracy"]), artifacts,
-                      row["created"])
+        made = row["created"][:10] + (", signed" if row["signed"] else "")
+        table.add_row(f"{name}\n{made}", f"{row['backbone']}\n{row['strategy']}", _accuracy(row["keras_accuracy"]),
+                      artifacts)
     console.print(table)
     for row in rows:
         if row["damaged"]:
