@@ -167,6 +167,18 @@ def test_mistakes_are_refused_before_tensorflow_is_imported(tmp_path, args, mess
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign"]  # nothing written
 
 
+def test_a_build_replays_from_its_manifest(tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    factory_build("--data", "digits", "--input-size", "32", "--epochs", "8", "--seed", "3", "--latency-runs", "0",
+                  "--out", str(first))
+    factory_build("--config", str(first / "manifest.json"), "--out", str(again))
+    recorded, replayed = manifest_lib.read(first), manifest_lib.read(again)
+    assert replayed["data"] == recorded["data"]  # the same source, classes and split sizes
+    settings = [{k: v for k, v in m["hyperparameters"].items() if k != "out"} for m in (recorded, replayed)]
+    assert settings[0] == settings[1] and settings[1]["epochs"] == 8 and settings[1]["seed"] == 3
+    assert abs(replayed["metrics"]["keras_test_accuracy"] - recorded["metrics"]["keras_test_accuracy"]) <= 0.02
+
+
 @pytest.mark.slow
 def test_fine_tune_build_records_trainable_layers(tmp_path):
     out = tmp_path / "ft"

@@ -10,8 +10,8 @@ from rich.table import Table
 from factory import preflight
 from factory.backbones import DEFAULT_BACKBONE
 from factory.cli.common import (BackboneOption, BudgetOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet,
-                                SeedOption, WeightsOption, app, console, data_and_backbone, grouped_help, modes_help,
-                                one_line_errors, size_text)
+                                SeedOption, WeightsOption, app, config_defaults, console, data_and_backbone, grouped_help,
+                                modes_help, one_line_errors, size_text)
 from factory.specs import DEFAULT_SEED, BuildSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
 from targets import registry
 from targets.errors import FactoryError
@@ -38,6 +38,7 @@ def _parse_unfreeze(value: str) -> int | None:
 
 
 BUILD_HELP_GROUPS = {
+    "Recipe": ("config",),
     "Data": ("data", "limit", "seed", "strict_data", "cache", "cache_dir"),
     "Model": ("backbone", "weights", "input_size"),
     "Training": ("strategy", "unfreeze", "unfreeze_blocks", "gradual", "augment", "class_weights", "epochs",
@@ -53,6 +54,10 @@ BUILD_HELP_GROUPS = {
 @one_line_errors
 def build(
     data: DataOption,
+    config: Optional[Path] = typer.Option(
+        None, metavar="FILE", is_eager=True, callback=config_defaults,
+        help="Take options from a TOML recipe (keys: these options' names) or from an earlier build's "
+        "manifest.json, which replays that build; options given on the command line win."),
     out: Path = typer.Option(..., help="Folder for the artifacts, labels.txt and manifest.json."),
     backbone: BackboneOption = DEFAULT_BACKBONE,
     weights: WeightsOption = None,

@@ -68,10 +68,40 @@ def one_line_errors(command):
                 message = wrapped.group(1).strip()
             if kwargs.get("debug"):
                 raise
-            Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            refuse(message)
 
     return run
+
+
+def refuse(message: str):
+    """End the command with `message` as one red line on stderr and exit code 2."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def config_defaults(ctx: typer.Context, path: Optional[Path]) -> Optional[Path]:
+    """--config's callback (eager: before the other options): the file's options become the
+    command's defaults, so flags on the command line win."""
+    if path is None:
+        return None
+    from factory import recipes
+
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
+    try:
+        values = recipes.load(path, set(params))
+    except FactoryError as exc:
+        refuse(str(exc))
+    for name, value in values.items():
+        param = params[name]
+        if param.multiple and not isinstance(value, list):
+            value = [value]
+        try:
+            param.process_value(ctx, value)  # its type conversion and checks, as for a flag
+        except typer.BadParameter as exc:
+            refuse(f"--config {path}: {name.replace('_', '-')}: {exc.message}")
+        values[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
 
 
 def modes_help(bench: bool = False) -> str:
