@@ -1,6 +1,7 @@
 """Datasets: discover, validate, subsample and split a list of examples; decode them on demand.
 
-A source is a folder with one sub-folder per class, or a named source shipped by a package
+A source is a folder with one sub-folder per class, a labels file (a CSV of image paths and
+labels, as labelling tools export them), or a named source shipped by a package
 (`fashion-mnist` from Debian's dataset-fashion-mnist, `digits` from scikit-learn). The data
 stage lists examples (a file path, or a small array a named source keeps), checks each one
 can be decoded, hashes its content, and splits the list; pixels are decoded, resized to the
@@ -18,10 +19,13 @@ A Split offers:
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io
+import itertools
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +51,20 @@ def decode(item, size: int, key: str | None = None) -> np.ndarray:
     still hash to it: features cached under a key must come from the pixels it names."""
     if isinstance(item, np.ndarray):
         return _rgb(Image.fromarray(item), size)
-    raw = Path(item).read_bytes()
+    raw = _read_file(item)
     if key is not None and hashlib.sha256(raw).hexdigest() != key:
         raise FactoryError(f"image {item} changed during the build; run it again")
     with Image.open(io.BytesIO(raw)) as image:
         image.load()
         return _rgb(image, size)
+
+
+def _read_file(path) -> bytes:
+    """A regular file's bytes: a listed path may name a folder, a device or a pipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise OSError("missing or not a regular file" if not path.exists() else "not a regular file")
+    return path.read_bytes()
 
 
 def _rgb(image: Image.Image, size: int) -> np.ndarray:
@@ -67,7 +79,7 @@ def content_key(item, size: int) -> str:
         digest = hashlib.sha256(repr((item.shape, item.dtype.str)).encode())
         digest.update(np.ascontiguousarray(item).tobytes())
         return digest.hexdigest()
-    raw = Path(item).read_bytes()
+    raw = _read_file(item)
     with Image.open(io.BytesIO(raw)) as image:
         image.draft("RGB", (size, size))
         image.load()
@@ -162,12 +174,15 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
     """List a DataSpec's source, keep a stratified `limit` of it, check and hash each example,
     and split the list train/validation/test (nothing is decoded and kept)."""
     source, seed = spec.source, spec.seed
+    skipped = []
     if source in NAMED_SOURCES:
         items, labels, class_names = NAMED_SOURCES[source]()
+    elif _is_labels_file(Path(source)):
+        items, labels, class_names, skipped = _labels_file_source(Path(source), spec.strict)
     else:
         items, labels, class_names = _folder_source(Path(source))
     keep = stratified_subset(labels, spec.limit, seed)
-    kept_items, kept_labels, keys, skipped = [], [], [], []
+    kept_items, kept_labels, keys = [], [], []
     reporter = reporter or Silent()
     task = reporter.start("checking images", total=len(keep), unit="images")
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
@@ -203,12 +218,78 @@ def _try(function, *args):
 
 def check_source(source: str) -> None:
     """Refuse a source that cannot be listed, without listing it: a missing folder, one without
-    class sub-folders or with only one, a named source that is not installed."""
+    class sub-folders or with only one, a labels file without its columns, a named source that
+    is not installed."""
     if source in NAMED_SOURCES:
         if source == "fashion-mnist":
             _fashion_mnist_files()
-        return
-    _class_dirs(Path(source))
+    elif _is_labels_file(Path(source)):
+        with _open_labels_file(Path(source)) as rows:
+            next(rows, None)
+    else:
+        _class_dirs(Path(source))
+
+
+# --- a labels file: one row per image, its path (relative to the file's folder) and label ----
+PATH_COLUMNS = ("path", "image", "image_path", "filename", "file", "img")
+LABEL_COLUMNS = ("label", "class", "class_name", "category", "choice")
+
+
+def _is_labels_file(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+@contextmanager
+def _open_labels_file(path: Path):
+    """(line, path text, label text) rows of a labels file; its header names the columns (any
+    of PATH_COLUMNS and LABEL_COLUMNS); a file without one has the path first, the label second."""
+    if not path.is_file():
+        raise FactoryError(f"--data {path}: no such file")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            first = next(reader, None)
+            if first is None:
+                raise FactoryError(f"--data {path}: the labels file is empty")
+            names = [name.strip().lower() for name in first]
+            path_column = next((names.index(n) for n in PATH_COLUMNS if n in names), None)
+            label_column = next((names.index(n) for n in LABEL_COLUMNS if n in names), None)
+            if path_column is None or label_column is None:
+                if len(first) != 2 or Path(first[0].strip()).suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise FactoryError(
+                        f"--data {path}: no path and label columns in its header {first[:6]}; name them "
+                        f"{PATH_COLUMNS[0]!r} and {LABEL_COLUMNS[0]!r}, or give two columns without a header")
+                path_column, label_column, reader = 0, 1, itertools.chain([first], reader)
+                start = 1
+            else:
+                start = 2
+            yield ((line, row[path_column] if len(row) > path_column else "",
+                    row[label_column] if len(row) > label_column else "")
+                   for line, row in enumerate(reader, start) if any(row))
+    except (csv.Error, UnicodeDecodeError, OSError) as exc:
+        raise FactoryError(f"--data {path}: not a readable labels file ({exc})") from None
+
+
+def _labels_file_source(path: Path, strict: bool):
+    items, names, skipped = [], [], []
+    with _open_labels_file(path) as rows:
+        for line, image, label in rows:
+            image, label = image.strip(), label.strip()
+            if not image or not label:
+                problem = f"{path} row {line}: no {'image path' if not image else 'label'}"
+                if strict:
+                    raise FactoryError(f"{problem}; fix the row or remove it")
+                skipped.append(problem)
+                continue
+            if any(ord(c) < 32 for c in label):
+                raise FactoryError(f"{path} row {line}: the label {label!r} holds control characters")
+            items.append(path.parent / image)
+            names.append(label)
+    class_names = sorted(set(names))
+    if len(class_names) < 2:
+        raise FactoryError(f"--data {path}: {len(class_names)} label(s); a classifier needs at least two classes")
+    index = {name: i for i, name in enumerate(class_names)}
+    return items, np.asarray([index[n] for n in names]), class_names, skipped
 
 
 def _class_dirs(root: Path) -> list[Path]:

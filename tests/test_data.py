@@ -73,3 +73,68 @@ def test_bad_folders_are_named_in_the_error(tmp_path, layout, message):
 def test_missing_folder_suggests_named_sources(tmp_path):
     with pytest.raises(FactoryError, match="no such folder and not a named source .*fashion-mnist"):
         data.load(DataSpec(str(tmp_path / "nope")), 32)
+
+
+def labels_file(tmp_path, image_folder, text: str, name: str = "labels.csv"):
+    """A labels file in its own folder, naming `image_folder`'s images by relative path."""
+    folder = tmp_path / "lists"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text.format(images=f"../{image_folder.name}"), encoding="utf-8")
+    return path
+
+
+def rows(image_folder, prefix="{images}"):
+    return "".join(f"{prefix}/{p.parent.name}/{p.name},{p.parent.name}\n"
+                   for p in sorted(image_folder.rglob("*.*")))
+
+
+@pytest.mark.parametrize("header", ["path,label\n", "image,choice\n", "\ufeffFilename,Class\n", ""])
+def test_a_labels_file_is_a_source_like_a_folder(tmp_path, image_folder, header):
+    path = labels_file(tmp_path, image_folder, header + rows(image_folder))
+    listed = data.load(DataSpec(str(path)), 32)
+    as_folder = data.load(DataSpec(str(image_folder)), 32)
+    assert listed.class_names == as_folder.class_names == ["blue", "red"]
+    assert listed.sizes() == as_folder.sizes() and not listed.skipped
+    assert sorted(listed.train.keys) == sorted(as_folder.train.keys)  # the same images in the same split
+    np.testing.assert_array_equal(listed.test.load_images(), as_folder.test.load_images())
+
+
+def test_rows_without_a_usable_image_or_label_are_skipped_and_reported(tmp_path, image_folder):
+    text = ("path,label\n" + rows(image_folder) + "{images}/red/gone.png,red\n" + "{images}/red,red\n"
+            + "/dev/zero,blue\n" + "{images}/red/r0.png,\n" + ",blue\n")
+    path = labels_file(tmp_path, image_folder, text)
+    listed = data.load(DataSpec(str(path)), 32)
+    assert sum(listed.sizes().values()) == 20
+    reasons = "\n".join(listed.skipped)
+    assert len(listed.skipped) == 5 and "gone.png: missing" in reasons and "/dev/zero: not a regular file" in reasons
+    assert "row 25: no label" in reasons and "row 26: no image path" in reasons
+    with pytest.raises(FactoryError, match="row 25: no label; fix the row or remove it"):
+        data.load(DataSpec(str(path), strict=True), 32)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the labels file is empty"),
+    ("name,size\na.png,3\n", "no path and label columns in its header"),
+    ("path,label\n{images}/red/r0.png,red\n", r"1 label\(s\); a classifier needs at least two"),
+    ("path,label\n{images}/red/r0.png,\"re\nd\"\n", "holds control characters"),
+    ("path,label\n{images}/red/r0.png,\0\n", "holds control characters"),
+    (b"path,label\n\xff\xfe.png,red\n", "not a readable labels file"),
+])
+def test_a_bad_labels_file_is_one_clear_error(tmp_path, image_folder, text, message):
+    path = labels_file(tmp_path, image_folder, text)
+    with pytest.raises(FactoryError, match=message):
+        data.load(DataSpec(str(path)), 32)
+
+
+def test_a_labels_file_is_checked_before_any_work(tmp_path, image_folder):
+    with pytest.raises(FactoryError, match="no such file"):
+        data.check_source(str(tmp_path / "none.csv"))
+    with pytest.raises(FactoryError, match="no path and label columns"):
+        data.check_source(str(labels_file(tmp_path, image_folder, "a,b,c\n")))
+    path = labels_file(tmp_path, image_folder, (tmp_path / "x").as_posix() + ".bin\n")
+    with pytest.raises(FactoryError, match="give two columns without a header"):
+        data.check_source(str(path))

@@ -117,7 +117,8 @@ def size_text(num_bytes: int) -> str:
 
 # --- options several commands share (each command chooses its own default) ---------------------
 DataOption = Annotated[str, typer.Option(
-    metavar="FOLDER|NAME", help="Folder with one sub-folder per class, or a named source: fashion-mnist, digits.")]
+    metavar="FOLDER|CSV|NAME", help="Folder with one sub-folder per class, a CSV of image paths and labels, or a "
+    "named source: fashion-mnist, digits.")]
 BackboneOption = Annotated[str, typer.Option(help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR.")]
 WeightsOption = Annotated[Optional[Path], typer.Option(help="Local weights file for keras.applications backbones.")]
 InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size in pixels (default: the backbone's own).")]
