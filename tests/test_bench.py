@@ -207,3 +207,47 @@ def test_bench_refuses_a_used_run_folder_and_pick_needs_results(tmp_path):
     assert (tmp_path / "old.txt").read_text() == "keep me"
     one_line_error(CliRunner().invoke(app, ["pick", str(tmp_path), "--budget-ms", "1"]), "no results.json")
     one_line_error(CliRunner().invoke(app, ["pick", str(tmp_path)]), "pass --budget-ms and/or --budget-kb")
+
+
+def crowded_results(budget: dict | None = None) -> dict:
+    """A grid's results where 21 artifacts sit almost on one point, as int8 files of close
+    strategies do: every label must still be readable."""
+    strategies = [{"strategy": s, "strategy_label": s, "status": "ok", "train_seconds": 10 + i * 0.01,
+                   "keras_accuracy": 0.9} for i, s in enumerate(["feature-extraction", "fine-tune:2", "fine-tune:all"])]
+    artifacts = [{"strategy": s["strategy"], "strategy_label": s["strategy"], "target": target, "quantize": mode,
+                  "status": "ok", "accuracy": 0.9 + 0.0001 * i, "passes_gate": mode != "int8", "pareto": False,
+                  "latency": {"p50_ms": 1.0 + 0.001 * i}, "bytes": (4 if mode == "float32" else 1) * 10**6 + i}
+                 for i, (s, (target, mode)) in enumerate(
+                     (s, tm) for s in strategies for tm in [("tflite", m) for m in
+                                                            ("float32", "float16", "dynamic", "int8", "qat")]
+                     + [("tfjs", "float32"), ("tfjs", "uint8")])]
+    return {"config": {"backbone": "efficientnet_lite0", "strategies": ["a", "b"], "limit": None},
+            "data": {"source": "digits"}, "strategies": strategies, "artifacts": artifacts, "budget": budget}
+
+
+def test_plot_labels_never_overlap_and_name_strategy_and_mode():
+    fig = report.accuracy_vs_latency_figure(crowded_results({"ms": 1.01, "kb": None, "pick": None}))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    [ax] = fig.axes
+    from matplotlib.text import Text
+
+    boxes = [(label.get_text(), Text.get_window_extent(label, renderer)) for label in ax.texts]  # without the line
+    assert len(boxes) == 21 and "fine-tune:2 tflite int8" in {text for text, _ in boxes}
+    for i, (name, box) in enumerate(boxes):
+        assert 0 <= box.y0 and box.y1 <= fig.bbox.height and box.x1 <= fig.bbox.width, name  # inside the figure
+        for other, other_box in boxes[i + 1:]:
+            assert not box.overlaps(other_box), (name, other)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "latency budget (1.01 ms)" in legend
+
+
+def test_the_answer_comes_first():
+    results = crowded_results()
+    results["artifacts"][-1]["passes_gate"] = False  # the most accurate: tfjs uint8, below its gate
+    first = report.summary_lines(results)[0]
+    assert first == ("Ship: fine-tune:all / tfjs float32: accuracy 0.9019, p50 1.02 ms, 4.00 MB; the most accurate "
+                     "artifact that agrees with its Keras model (smaller on a tie).")
+    for row in results["artifacts"]:
+        row["passes_gate"] = False
+    assert report.summary_lines(results)[0].startswith("Ship: nothing yet; no artifact is most accurate")

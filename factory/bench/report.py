@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from factory.bench.results import find, ok, p50, pareto
 
 CSV_COLUMNS = [
@@ -83,18 +85,61 @@ def _colors(results: dict) -> dict:
     return {row["strategy"]: palette[i % len(palette)] for i, row in enumerate(results["strategies"])}
 
 
+LABEL_POINTS = 7  # font size of the point labels
+LABEL_STEP = 1.6  # a label slot, in label heights
+
+
+def label_points(ax, points: list[tuple[float, float, str]]) -> list:
+    """Label each (x, y, text) point in a column right of the axes, one slot per label in the
+    points' vertical order, joined to its point by a thin line: labels never overlap, however
+    close the points are. Returns the label artists."""
+    fig = ax.figure
+    slot = LABEL_POINTS * LABEL_STEP / 72 / (ax.get_position().height * fig.get_figheight())  # axes fraction
+    order = sorted(points, key=lambda p: (p[1], p[0]))
+    to_axes = ax.transData + ax.transAxes.inverted()  # (after the limits are set)
+    middle = float(np.mean([to_axes.transform((x, y))[1] for x, y, _ in order])) if order else 0.5
+    span = slot * (len(order) - 1)
+    low = min(max(middle - span / 2, 0.0), max(1.0 - span, 0.0))  # beside the points, inside the axes
+    labels = []
+    for i, (x, y, text) in enumerate(order):
+        labels.append(ax.annotate(
+            text, (x, y), xytext=(1.03, low + i * slot), textcoords="axes fraction", va="center",
+            fontsize=LABEL_POINTS, color="0.2", annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}))
+    return labels
+
+
+def _label_height(count: int) -> float:
+    """Inches of axes height that `count` label slots need."""
+    return count * LABEL_POINTS * LABEL_STEP / 72 + 0.3
+
+
 def plot_accuracy_vs_latency(results: dict, path: Path) -> Path:
+    return _save(accuracy_vs_latency_figure(results), path)
+
+
+def plot_training_time(results: dict, path: Path) -> Path:
+    return _save(training_time_figure(results), path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def accuracy_vs_latency_figure(results: dict):
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     plt = _pyplot()
     colors = _colors(results)
-    fig, ax = plt.subplots(figsize=(11, 5.5))
     timed = [r for r in ok(results["artifacts"]) if p50(r) is not None]
+    fig = plt.figure(figsize=(11, max(6.0, _label_height(len(timed)) / 0.7)))
+    ax = fig.add_axes((0.09, 0.2, 0.55, 0.7))
     for row in timed:
         ax.scatter(p50(row), row["accuracy"], color=colors[row["strategy"]], marker=MARKERS.get(row["target"], "^"),
                    s=60, edgecolors="black" if row.get("pareto") else "none", linewidths=1.2, zorder=3)
-        ax.annotate(row["quantize"], (p50(row), row["accuracy"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7, color="0.3")
     frontier = pareto(results["artifacts"])
     if frontier:  # best accuracy reachable within each latency, drawn out to the slowest artifact
         xs = [p50(r) for r in frontier] + [max(p50(r) for r in timed)]
@@ -107,6 +152,9 @@ def plot_accuracy_vs_latency(results: dict, path: Path) -> Path:
     if budget.get("ms"):
         ax.axvline(budget["ms"], color="red", linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range would print overlapping minor labels
+    label_points(ax, [(p50(r), r["accuracy"], f"{r['strategy']} {r['target']} {r['quantize']}") for r in timed])
     ax.set_xlabel("latency p50, batch 1 (ms, log scale; fresh process, see report for threads)")
     ax.set_ylabel("test accuracy of the artifact")
     ax.set_title(f"{results['config']['backbone']} on {results['data']['source']}: accuracy against latency")
@@ -117,40 +165,56 @@ def plot_accuracy_vs_latency(results: dict, path: Path) -> Path:
     legend += [Line2D([], [], color="black", linestyle="--", label="Pareto frontier (outlined points)")]
     if base:
         legend.append(Line2D([], [], color="black", marker="*", linestyle="", markersize=10, label="baseline recipe"))
-    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if budget.get("ms"):
+        legend.append(Line2D([], [], color="red", linestyle=":", label=f"latency budget ({budget['ms']} ms)"))
+    fig.legend(handles=legend, fontsize=8, loc="lower left", bbox_to_anchor=(0.07, 0.0), ncol=4, frameon=False)
+    return fig
 
 
-def plot_training_time(results: dict, path: Path) -> Path:
+def training_time_figure(results: dict):
     plt = _pyplot()
     colors = _colors(results)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     points = [(r, colors[r["strategy"]]) for r in ok(results["strategies"])]
     base = results.get("baseline")
     if base and base.get("status") == "ok":
         points.append((base, "black"))
+    fig = plt.figure(figsize=(9, max(4.5, _label_height(len(points)) / 0.75)))
+    ax = fig.add_axes((0.1, 0.12, 0.6, 0.78))
     for row, color in points:
         ax.scatter(row["train_seconds"], row["keras_accuracy"], color=color, s=70,
                    marker="*" if row is base else "o", zorder=3)
-        ax.annotate(row["strategy_label"].split(":")[0], (row["train_seconds"], row["keras_accuracy"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("Keras test accuracy")
     ax.set_title("training time against accuracy")
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.25, y=0.15)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.margins(x=0.1, y=0.15)
+    label_points(ax, [(r["train_seconds"], r["keras_accuracy"], r["strategy_label"]) for r, _ in points])
+    return fig
+
+
+def _limits(budget_ms, budget_kb) -> str:
+    return " and ".join(x for x in (f"p50 <= {budget_ms} ms" if budget_ms is not None else "",
+                                     f"size <= {budget_kb} kB" if budget_kb is not None else "") if x)
+
+
+def ship_line(results: dict) -> str:
+    """The answer in one line: which artifact to ship, its figures, and why that one."""
+    budget = results.get("budget")
+    if budget:
+        row = find(results["artifacts"], budget["pick"])
+        why = f"the most accurate within {_limits(budget['ms'], budget['kb'])}"
+    else:
+        passing = [r for r in ok(results["artifacts"]) if r.get("passes_gate") and p50(r) is not None]
+        row = max(passing, key=lambda r: (r["accuracy"], -r["bytes"]), default=None)
+        why = "the most accurate artifact that agrees with its Keras model (smaller on a tie)"
+    if row is None:
+        return f"Ship: nothing yet; no artifact is {why.removeprefix('the ')}."
+    return (f"Ship: {row['strategy']} / {row['target']} {row['quantize']}: accuracy {row['accuracy']:.4f}, "
+            f"p50 {p50(row):.2f} ms, {row['bytes'] / 1e6:.2f} MB; {why}.")
 
 
 def describe_pick(row: dict | None, budget_ms, budget_kb) -> str:
-    limits = " and ".join(x for x in (f"p50 <= {budget_ms} ms" if budget_ms is not None else "",
-                                       f"size <= {budget_kb} kB" if budget_kb is not None else "") if x)
+    limits = _limits(budget_ms, budget_kb)
     if row is None:
         return f"no artifact fits {limits}"
     return (f"within {limits}: {row['strategy_label']} / {row['target']} {row['quantize']} -- accuracy "
@@ -166,6 +230,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 tr.pareto td { background: #eef7ee; } tr.failed td { background: #fbeaea; }
 img { max-width: 100%; border: 1px solid #ddd; } code { background: #f3f3f3; padding: 1px 4px; }
+p.ship { font-size: 1.2em; font-weight: 600; background: #eef7ee; padding: 0.6em; }
 """
 
 
@@ -211,9 +276,11 @@ ARTIFACT_HEADERS = ["strategy", "target", "quantize", "accuracy", "agreement", "
 
 def html_report(results: dict, out: Path) -> str:
     config, data = results["config"], results["data"]
+    splits = ", ".join(f"{count:,} {name}" for name, count in data["splits"].items())
     parts = [f"<h1>edgefactory benchmark: {html.escape(config['backbone'])} on {html.escape(data['source'])}</h1>",
-             (f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits "
-              f"{html.escape(str(data['splits']))}, {len(data['classes'])} classes, input {data['input_size']} px.</p>")]
+             f"<p class='ship'>{html.escape(ship_line(results))}</p>",
+             (f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits: "
+              f"{splits}; {len(data['classes'])} classes, input {data['input_size']} px.</p>")]
     parts.append("<h2>Which strategy, which artifact</h2>" + _summary_html(results))
     if (results.get("advice") or {}).get("evidence"):
         from factory.advisor import table_lines
@@ -237,14 +304,17 @@ def html_report(results: dict, out: Path) -> str:
                      for s in results["strategies"] + ([results["baseline"]] if results.get("baseline") else [])]))
     parts.append("<h2>Machine and versions</h2>" + _table(["", ""], [[k, v] for k, v in results["machine"].items()])
                  + _table(["package", "version"], [[k, v or "not installed"] for k, v in results["versions"].items()])
-                 + "<h3>Configuration</h3><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
+                 + "<h3>Configuration</h3>" + _table(["setting", "value"], [
+                     [key, ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else
+                      json.dumps(value) if isinstance(value, dict) else "-" if value is None else value]
+                     for key, value in config.items()]))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgefactory benchmark</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
 def summary_lines(results: dict) -> list[str]:
-    """The conclusions in plain sentences (terminal and HTML)."""
-    lines = []
+    """The conclusions in plain sentences (terminal and HTML), the answer first."""
+    lines = [ship_line(results)]
     winner = next((s for s in results["strategies"] if s["strategy"] == results.get("measured_winner")), None)
     if winner:
         lines.append(f"Most accurate strategy: {winner['strategy_label']} (Keras test accuracy "
@@ -285,4 +355,5 @@ def summary_lines(results: dict) -> list[str]:
 
 
 def _summary_html(results: dict) -> str:
-    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(results)) + "</ul>"
+    """The conclusions after the answer, which the page shows first on its own."""
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(results)[1:]) + "</ul>"
