@@ -198,17 +198,32 @@ def test_browser_demo_predicts_like_keras(served, built, tmp_path, backend):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM or "/usr/bin/chromium", args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
+            "--no-first-run", "--disable-sync", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         page = browser.new_page()
         query = "" if backend == "auto" else f"?backend={backend}"
         page.goto(f"{url}/demo/digits{query}")
         page.wait_for_selector("#status[data-ready='1']", timeout=120_000)
+        chosen = page.inner_text("#backend")
         page.set_input_files("#file", str(image_path))
         page.wait_for_selector("#top1", timeout=120_000)
         shown = page.get_attribute("#top1", "data-label")
         meta = page.inner_text("#meta")
+        preview_width = page.eval_on_selector("#preview", "img => img.getBoundingClientRect().width")
         page.screenshot(path=str(screenshot), full_page=True)
+        if backend == "auto":  # a frame from the (fake) camera is classified too
+            page.click("#camera")
+            page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=60_000)
+            before = page.get_attribute("#preview", "src")
+            page.click("#snap")
+            page.wait_for_function(f"document.getElementById('preview').src !== {json.dumps(before)}",
+                                   timeout=60_000)
+            assert page.get_attribute("#top1", "data-label") in built.prepared.data.class_names
         browser.close()
     assert shown == expected
     assert "inference" in meta and (backend == "auto" or f"on {backend}" in meta)
+    assert preview_width >= 200  # a 32-px digit shown at a readable size
+    if backend == "auto":  # measured, and a WebGL rendered in software (no GPU here) is not used
+        assert "wasm" in chosen and "the fastest measured per image" in chosen and "on webgl" not in meta
+    else:
+        assert chosen == f"backend {backend}: asked for in the address"
     assert screenshot.stat().st_size > 0
