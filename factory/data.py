@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -244,13 +245,14 @@ def _open_labels_file(path: Path):
     """(line, path text, label text) rows of a labels file; its header names the columns (any
     of PATH_COLUMNS and LABEL_COLUMNS); a file without one has the path first, the label second."""
     if not path.is_file():
-        raise FactoryError(f"--data {path}: no such file")
+        raise FactoryError(f"--data {path}: {'not a regular file' if path.exists() else 'no such file'}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            first = next(reader, None)
+            reader = csv.reader(_bounded_lines(handle))
+            first = next((row for row in reader if any(cell.strip() for cell in row)), None)
             if first is None:
                 raise FactoryError(f"--data {path}: the labels file is empty")
+            rows = ((reader.line_num, row) for row in reader)  # the line a row ends on
             names = [name.strip().lower() for name in first]
             path_column = next((names.index(n) for n in PATH_COLUMNS if n in names), None)
             label_column = next((names.index(n) for n in LABEL_COLUMNS if n in names), None)
@@ -259,31 +261,44 @@ def _open_labels_file(path: Path):
                     raise FactoryError(
                         f"--data {path}: no path and label columns in its header {first[:6]}; name them "
                         f"{PATH_COLUMNS[0]!r} and {LABEL_COLUMNS[0]!r}, or give two columns without a header")
-                path_column, label_column, reader = 0, 1, itertools.chain([first], reader)
-                start = 1
-            else:
-                start = 2
+                path_column, label_column = 0, 1
+                rows = itertools.chain([(reader.line_num, first)], rows)
             yield ((line, row[path_column] if len(row) > path_column else "",
                     row[label_column] if len(row) > label_column else "")
-                   for line, row in enumerate(reader, start) if any(row))
+                   for line, row in rows if any(row))
     except (csv.Error, UnicodeDecodeError, OSError) as exc:
         raise FactoryError(f"--data {path}: not a readable labels file ({exc})") from None
 
 
+MAX_LINE = 1 << 20  # characters in one line of a labels file
+
+
+def _bounded_lines(handle):
+    """The file's lines, refusing one longer than MAX_LINE (never read whole into memory)."""
+    while line := handle.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE:
+            raise csv.Error(f"a line longer than {MAX_LINE:,} characters")
+        yield line
+
+
 def _labels_file_source(path: Path, strict: bool):
-    items, names, skipped = [], [], []
+    items, names, skipped, listed = [], [], [], {}
     with _open_labels_file(path) as rows:
         for line, image, label in rows:
             image, label = image.strip(), label.strip()
-            if not image or not label:
-                problem = f"{path} row {line}: no {'image path' if not image else 'label'}"
+            problem = f"no {'image path' if not image else 'label'}" if not image or not label else None
+            item = path.parent / image
+            if problem is None and os.path.abspath(item) in listed:
+                problem = f"{image} is already listed on line {listed[os.path.abspath(item)]}"
+            if problem:
                 if strict:
-                    raise FactoryError(f"{problem}; fix the row or remove it")
-                skipped.append(problem)
+                    raise FactoryError(f"{path} line {line}: {problem}; fix the row or remove it")
+                skipped.append(f"{path} line {line}: {problem}")
                 continue
-            if any(ord(c) < 32 for c in label):
-                raise FactoryError(f"{path} row {line}: the label {label!r} holds control characters")
-            items.append(path.parent / image)
+            if not label.isprintable():
+                raise FactoryError(f"{path} line {line}: the label {label!r} holds characters that cannot be printed")
+            listed[os.path.abspath(item)] = line
+            items.append(item)
             names.append(label)
     class_names = sorted(set(names))
     if len(class_names) < 2:

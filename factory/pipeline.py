@@ -50,7 +50,7 @@ def prepare(data: DataSpec, backbone: BackboneSpec = BackboneSpec(), reporter: R
     resolved = backbones.resolve(backbone)
     dataset = data_lib.load(data, resolved.input_size, reporter)
     for line in dataset.skipped:
-        reporter.note(f"[yellow]skipped unreadable image[/] {line}")
+        reporter.note(f"skipped {line}", "yellow")
     return Prepared(data, backbone, resolved, dataset)
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factory import data as data_lib, staging, store
+from factory import data as data_lib, signing, staging, store
 from factory.specs import BuildSpec, PublishSpec
 from targets.errors import FactoryError
 
 
 def check_build(spec: BuildSpec) -> None:
     data_lib.check_source(spec.data.source)
+    if spec.backbone.weights:
+        _regular_file("--weights", spec.backbone.weights)
     for target in spec.export.chosen_targets():
         problem = target.ready()
         if problem:
@@ -24,8 +26,16 @@ def check_build(spec: BuildSpec) -> None:
 
 
 def check_publish(spec: PublishSpec) -> None:
-    """Refuse a bad name or a taken version."""
+    """Refuse a bad name, a taken version or a signing key that would fail after the build."""
     store.check_name("--model-name", spec.model_name)
     if spec.version and spec.version in store.versions(Path(spec.store), spec.model_name):
         raise FactoryError(f"{spec.model_name} version {spec.version} is already published; "
                            "choose another --version")
+    if spec.sign_key:
+        _regular_file("--sign-key", spec.sign_key)
+        signing.load_private_key(Path(spec.sign_key))
+
+
+def _regular_file(option: str, path) -> None:
+    if not Path(path).is_file():
+        raise FactoryError(f"{option} {path}: {'not a regular file' if Path(path).exists() else 'no such file'}")

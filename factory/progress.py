@@ -97,8 +97,9 @@ class Reporter:
         if self.logging and state.done and time.perf_counter() - state.started >= LOG_EVERY_S:
             print(state.line(), file=sys.stderr, flush=True)
 
-    def note(self, message: str):
-        self.console.print(message)
+    def note(self, message: str, style: str | None = None):
+        """A line of text (never read as markup: it may hold file names and labels)."""
+        self.console.print(Text(message, style=style or ""))
 
 
 class Silent(Reporter):

@@ -245,9 +245,14 @@ def test_plot_labels_never_overlap_and_name_strategy_and_mode():
 def test_the_answer_comes_first():
     results = crowded_results()
     results["artifacts"][-1]["passes_gate"] = False  # the most accurate: tfjs uint8, below its gate
-    first = report.summary_lines(results)[0]
-    assert first == ("Ship: fine-tune:all / tfjs float32: accuracy 0.9019, p50 1.02 ms, 4.00 MB; the most accurate "
-                     "artifact that agrees with its Keras model (smaller on a tie).")
+    assert report.summary_lines(results)[0] == (
+        "Ship: fine-tune:all / tfjs float32: accuracy 0.9019, p50 1.02 ms, 4.00 MB; the most accurate artifact "
+        "that agrees with its Keras model (the smaller on a tie).")
+    results["budget"] = {"ms": None, "kb": 1500, "pick": None}  # a size budget: only the small files
+    results["artifacts"][-3]["latency"] = None  # the best of those was not timed: no latency budget, still shipped
+    assert report.summary_lines(results)[0] == (
+        "Ship: fine-tune:all / tflite qat: accuracy 0.9018, latency not measured, 1.00 MB; the most accurate artifact "
+        "that agrees with its Keras model within size <= 1500 kB (the smaller on a tie).")
     for row in results["artifacts"]:
         row["passes_gate"] = False
-    assert report.summary_lines(results)[0].startswith("Ship: nothing yet; no artifact is most accurate")
+    assert report.summary_lines(results)[0] == "Ship: nothing; no artifact passes its agreement gate within size <= 1500 kB."

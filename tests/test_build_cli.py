@@ -119,7 +119,7 @@ def test_build_help_is_grouped_and_fits_80_columns():
     lines = result.output.splitlines()
     assert result.exit_code == 0 and max(map(len, lines)) <= 80
     headings = [line for line in lines if line.endswith(":") and not line.startswith(" ")]
-    assert headings == ["Data:", "Model:", "Training:", "Export:", "Delivery:", "Other options:"]
+    assert headings == ["Recipe:", "Data:", "Model:", "Training:", "Export:", "Delivery:", "Other options:"]
     options = [line.split()[0] for line in lines if line.startswith("  --")]
     assert len(options) == len(set(options)) > 35 and "--verify-images" in options
 
@@ -146,6 +146,8 @@ main()
     (["--strategy", "magic"], "magic"),
     (["--epochs", "0"], "--epochs 0"),
     (["--publish", "store", "--model-name", "../up"], "--model-name '../up' is not allowed"),
+    (["--publish", "store", "--sign-key", "/no/key.pem"], "--sign-key /no/key.pem: no such file"),
+    (["--backbone", "mobilenet_v2", "--weights", "/no/w.h5"], "--weights /no/w.h5: no such file"),
     (["--out", "FOREIGN"], "is not empty and holds no manifest.json"),
     (["--target", "tfjs", "NO-NODE"], "--target tfjs: Node.js is not installed"),
 ])

@@ -105,14 +105,15 @@ def test_a_labels_file_is_a_source_like_a_folder(tmp_path, image_folder, header)
 
 def test_rows_without_a_usable_image_or_label_are_skipped_and_reported(tmp_path, image_folder):
     text = ("path,label\n" + rows(image_folder) + "{images}/red/gone.png,red\n" + "{images}/red,red\n"
-            + "/dev/zero,blue\n" + "{images}/red/r0.png,\n" + ",blue\n")
+            + "/dev/zero,blue\n" + "{images}/red/r0.png,\n" + ",blue\n" + "{images}/../images/red/r0.png,blue\n")
     path = labels_file(tmp_path, image_folder, text)
     listed = data.load(DataSpec(str(path)), 32)
     assert sum(listed.sizes().values()) == 20
     reasons = "\n".join(listed.skipped)
-    assert len(listed.skipped) == 5 and "gone.png: missing" in reasons and "/dev/zero: not a regular file" in reasons
-    assert "row 25: no label" in reasons and "row 26: no image path" in reasons
-    with pytest.raises(FactoryError, match="row 25: no label; fix the row or remove it"):
+    assert len(listed.skipped) == 6 and "gone.png: missing" in reasons and "/dev/zero: not a regular file" in reasons
+    assert "line 27: ../images/../images/red/r0.png is already listed on line " in reasons  # not twice, nor relabelled
+    assert "line 25: no label" in reasons and "line 26: no image path" in reasons
+    with pytest.raises(FactoryError, match="line 25: no label; fix the row or remove it"):
         data.load(DataSpec(str(path), strict=True), 32)
 
 
@@ -120,8 +121,9 @@ def test_rows_without_a_usable_image_or_label_are_skipped_and_reported(tmp_path,
     ("", "the labels file is empty"),
     ("name,size\na.png,3\n", "no path and label columns in its header"),
     ("path,label\n{images}/red/r0.png,red\n", r"1 label\(s\); a classifier needs at least two"),
-    ("path,label\n{images}/red/r0.png,\"re\nd\"\n", "holds control characters"),
-    ("path,label\n{images}/red/r0.png,\0\n", "holds control characters"),
+    ("path,label\n{images}/red/r0.png,\"re\nd\"\n", "cannot be printed"),
+    ("path,label\n{images}/red/r0.png,\"re\u2028d\"\n", "cannot be printed"),
+    ("path,label\n{images}/red/r0.png,\0\n", "cannot be printed|not a readable labels file"),  # csv: 3.10 refuses NUL
     (b"path,label\n\xff\xfe.png,red\n", "not a readable labels file"),
 ])
 def test_a_bad_labels_file_is_one_clear_error(tmp_path, image_folder, text, message):

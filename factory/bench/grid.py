@@ -78,7 +78,7 @@ def _run_strategy(cell: StrategyCell, spec: BenchSpec, cache: CacheSpec, artifac
                   results: dict, progress: GridProgress) -> None:
     """Train one strategy, then convert and measure each planned artifact of it."""
     reporter = progress.reporter
-    reporter.note(f"[bold]strategy:[/] {cell.label}")
+    reporter.note(f"strategy: {cell.label}", "bold")
     result = _train(cell, spec, cache, prepared, scratch / f"{cell.slug}.weights.h5", reporter)
     results["strategies"].append(result.row)
     progress.done(f"trained {cell.label}")
@@ -120,7 +120,7 @@ def _train(cell: StrategyCell, spec: BenchSpec, cache: CacheSpec, prepared, weig
         return TrainedCell(row, trained)
     except Exception as exc:  # a failed cell is recorded; the grid goes on
         row.update(status="failed", error=one_line(exc))
-        reporter.note(f"[red]failed:[/] {cell.label}: {row['error']}")
+        reporter.note(f"failed: {cell.label}: {row['error']}", "red")
         return TrainedCell(row)
 
 
@@ -147,7 +147,7 @@ def _measure_artifact(cell: StrategyCell, result: TrainedCell, target, mode, con
         row.update(_training_columns(result.row))
     except Exception as exc:
         row.update(status="failed", error=one_line(exc))
-        reporter.note(f"[red]failed:[/] {cell.label} / {target.name} {mode.name}: {row['error']}")
+        reporter.note(f"failed: {cell.label} / {target.name} {mode.name}: {row['error']}", "red")
     reporter.finish(task)
     return row
 
@@ -167,7 +167,7 @@ def _advise(prepared, spec: BenchSpec, cache: CacheSpec, reporter) -> dict:
         training = dataclasses.replace(spec.training, strategy="auto")
         return pipeline.advise(prepared, training, cache, reporter).as_dict()
     except Exception as exc:
-        reporter.note(f"[red]advisor failed:[/] {one_line(exc)}")
+        reporter.note(f"advisor failed: {one_line(exc)}", "red")
         return {"status": "failed", "error": one_line(exc)}
 
 

@@ -198,27 +198,30 @@ def _limits(budget_ms, budget_kb) -> str:
 
 
 def ship_line(results: dict) -> str:
-    """The answer in one line: which artifact to ship, its figures, and why that one."""
-    budget = results.get("budget")
-    if budget:
-        row = find(results["artifacts"], budget["pick"])
-        why = f"the most accurate within {_limits(budget['ms'], budget['kb'])}"
-    else:
-        passing = [r for r in ok(results["artifacts"]) if r.get("passes_gate") and p50(r) is not None]
-        row = max(passing, key=lambda r: (r["accuracy"], -r["bytes"]), default=None)
-        why = "the most accurate artifact that agrees with its Keras model (smaller on a tie)"
+    """The answer in one line: the most accurate artifact that passes its agreement gate (and
+    the budget, when one was given), the smaller on a tie; its figures, and why that one."""
+    budget = results.get("budget") or {}
+    ms, kb = budget.get("ms"), budget.get("kb")
+    candidates = [r for r in ok(results["artifacts"]) if r.get("passes_gate")
+                  and (ms is None or (p50(r) is not None and p50(r) <= ms))
+                  and (kb is None or r["bytes"] <= kb * 1000)]
+    row = max(candidates, key=lambda r: (r["accuracy"], -r["bytes"]), default=None)
+    within = f" within {_limits(ms, kb)}" if budget else ""
     if row is None:
-        return f"Ship: nothing yet; no artifact is {why.removeprefix('the ')}."
+        return f"Ship: nothing; no artifact passes its agreement gate{within}."
+    latency = f"p50 {p50(row):.2f} ms" if p50(row) is not None else "latency not measured"
     return (f"Ship: {row['strategy']} / {row['target']} {row['quantize']}: accuracy {row['accuracy']:.4f}, "
-            f"p50 {p50(row):.2f} ms, {row['bytes'] / 1e6:.2f} MB; {why}.")
+            f"{latency}, {row['bytes'] / 1e6:.2f} MB; the most accurate artifact that agrees with its Keras "
+            f"model{within} (the smaller on a tie).")
 
 
 def describe_pick(row: dict | None, budget_ms, budget_kb) -> str:
     limits = _limits(budget_ms, budget_kb)
     if row is None:
         return f"no artifact fits {limits}"
+    latency = f"p50 {p50(row):.2f} ms" if p50(row) is not None else "latency not measured"
     return (f"within {limits}: {row['strategy_label']} / {row['target']} {row['quantize']} -- accuracy "
-            f"{row['accuracy']:.4f}, p50 {p50(row):.2f} ms, {row['bytes'] / 1000:.0f} kB")
+            f"{row['accuracy']:.4f}, {latency}, {row['bytes'] / 1000:.0f} kB")
 
 
 # --- HTML ---------------------------------------------------------------------------------------

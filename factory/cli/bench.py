@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from factory.backbones import DEFAULT_BACKBONE
 from factory.bench.config import (BENCH_EXPORT, BENCH_INPUT_SIZE, BENCH_LIMIT, BENCH_TRAINING, DEFAULT_STRATEGIES,
@@ -95,11 +96,11 @@ def _print_bench(results: dict, run_folder: Path) -> None:
                          no_wrap=column == "strategy")
     body, classes = report.artifact_table_rows(results)
     for cells, css in zip(body, classes):
-        table.add_row(*cells[:-1], style={"failed": "red", "pareto": "bold green"}.get(css))
+        table.add_row(*map(Text, cells[:-1]), style={"failed": "red", "pareto": "bold green"}.get(css))
     console.print(table)
     for cells, css in zip(body, classes):
         if css == "failed":
-            console.print(f"[red]failed:[/] {' '.join(cells[:3])}: {cells[-1]}", highlight=False)
+            console.print(Text("failed: ", style="red") + Text(f"{' '.join(cells[:3])}: {cells[-1]}"), highlight=False)
     for line in report.summary_lines(results):
         console.print(f"- {line}", highlight=False)
     console.print(f"report: {run_folder / 'report.html'} (results.json, results.csv, plots beside it)")

@@ -163,8 +163,8 @@ def _print_summary(manifest: dict, out: Path, console=console) -> None:
     splits = manifest["data"]["splits"]
     verified = min(a.get("verified_images", splits["test"]) for a in manifest["artifacts"])
     lines = [
-        f"accuracy on {splits['test']:,} test images; agreement with keras on "
-        + (f"{verified:,} of them" if verified < splits["test"] else "the same images"),
+        f"accuracy on {splits['test']:,} test images"
+        + (f"; artifacts on a sample of {verified:,}" if verified < splits["test"] else ""),
         "time: data and training for keras, conversion for each artifact",
         f"splits: {splits['train']:,} train, {splits['validation']:,} validation, {splits['test']:,} test; "
         f"trained {strategy['trainable_params']:,} parameters in {strategy['trainable_layers']} layers",

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand
 from rich.console import Console
+from rich.text import Text
 from typing_extensions import Annotated
 
 from factory.specs import ADVISOR_COST_SHARE
@@ -75,7 +76,7 @@ def one_line_errors(command):
 
 def refuse(message: str):
     """End the command with `message` as one red line on stderr and exit code 2."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
 

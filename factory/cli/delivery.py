@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from factory.cli.common import Debug, app, console, one_line_errors, size_text
 
@@ -20,7 +21,7 @@ TrustKey = typer.Option(None, "--trust-key", help="Public key (.pub of `factory 
 
 
 def _warn(text: str) -> None:
-    console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+    console.print(Text("warning: ", style="yellow") + Text(text), highlight=False, soft_wrap=True)
 
 
 @app.command("models")
@@ -39,13 +40,13 @@ def list_models(store: Path = typer.Argument(..., help="Store folder."), debug: 
     for row in rows:
         name = f"{row['model']} {row['version']}" + (" (latest)" if row["latest"] else "")
         if row["damaged"]:
-            table.add_row(name, "[red]damaged[/] (see below)", "", "")
+            table.add_row(Text(name), Text("damaged (see below)", style="red"), "", "")
             continue
         artifacts = "\n".join(f"{a['target']} {a['quantize']}: {_accuracy(a['accuracy'])}, {size_text(a['bytes'])}"
                               for a in row["artifacts"])
         made = row["created"][:10] + (", signed" if row["signed"] else "")
-        table.add_row(f"{name}\n{made}", f"{row['backbone']}\n{row['strategy']}", _accuracy(row["keras_accuracy"]),
-                      artifacts)
+        table.add_row(Text(f"{name}\n{made}"), Text(f"{row['backbone']}\n{row['strategy']}"),
+                      _accuracy(row["keras_accuracy"]), Text(artifacts))
     console.print(table)
     for row in rows:
         if row["damaged"]:
@@ -59,7 +60,7 @@ def list_models(store: Path = typer.Argument(..., help="Store folder."), debug: 
 def _damaged(name: str, reasons: list[str]) -> None:
     """One line: `damaged NAME: reason; reason` (reasons that start with the name lose it)."""
     text = "; ".join(r.removeprefix(f"{name}: ") for r in reasons)
-    console.print(f"[red]damaged[/] {name}: {text}", highlight=False, soft_wrap=True)
+    console.print(Text("damaged ", style="red") + Text(f"{name}: {text}"), highlight=False, soft_wrap=True)
 
 
 def _accuracy(value: float | None) -> str:
@@ -104,12 +105,12 @@ def store_check(
         if result.problems:
             _damaged(name, result.problems)
         else:
-            console.print(f"ok      {name} (signature {result.signature})", highlight=False)
+            console.print(Text(f"ok      {name} (signature {result.signature})"), highlight=False)
     broken_latest = 0
     for model in store_lib.models(store):
         problem = store_lib.latest_problem(store, model)
         if problem and store_lib.latest(store, model) is None:  # /latest cannot answer
-            console.print(f"[red]damaged[/] {problem}", highlight=False, soft_wrap=True)
+            console.print(Text("damaged ", style="red") + Text(problem), highlight=False, soft_wrap=True)
             broken_latest += 1
         elif problem:
             _warn(problem)
@@ -139,9 +140,9 @@ def store_gc(
         more_removed, more_kept = store_lib.clean(staging.leftovers(folder, checkpoints=True))
         removed, kept = removed + more_removed, kept + more_kept
     for item in removed:
-        console.print(f"removed {item.path} ({item.kind}; {item.why})", highlight=False, soft_wrap=True)
+        console.print(Text(f"removed {item.path} ({item.kind}; {item.why})"), highlight=False, soft_wrap=True)
     for item in kept:
-        console.print(f"kept    {item.path} ({item.kind}; {item.why})", highlight=False, soft_wrap=True)
+        console.print(Text(f"kept    {item.path} ({item.kind}; {item.why})"), highlight=False, soft_wrap=True)
     console.print(f"{len(removed)} leftover(s) removed, {len(kept)} kept")
 
 
