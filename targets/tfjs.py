@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from targets.base import Artifact, Mode, Target
+from targets.native_logs import native_logs_filtered
 from targets.errors import FactoryError, one_line
 from targets.latency import run_timer
 
@@ -73,7 +74,7 @@ class TFJSTarget(Target):
                 "output": "probabilities",
             }
         }
-        with tempfile.TemporaryDirectory() as saved:
+        with tempfile.TemporaryDirectory() as saved, native_logs_filtered():
             tf.saved_model.save(model, saved)
             try:
                 converter.convert_tf_saved_model(

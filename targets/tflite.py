@@ -16,6 +16,7 @@ import numpy as np
 from targets import tflite_metadata
 from targets.base import QUANTIZATION_AWARE, Artifact, Mode, Target
 from targets.calibration import representative_dataset
+from targets.native_logs import native_logs_filtered
 from targets.errors import FactoryError, one_line
 from targets.latency import run_timer
 
@@ -76,7 +77,8 @@ class TFLiteTarget(Target):
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
         try:
-            return converter.convert()
+            with native_logs_filtered():
+                return converter.convert()
         except Exception as exc:  # the converter raises ConverterError and others
             raise FactoryError(f"TFLite conversion ({mode}) failed: {one_line(exc)}") from exc
 
@@ -132,14 +134,15 @@ def run_interpreter(path: Path, images: np.ndarray, batch_size: int = 32) -> np.
     interpreter = make_interpreter(path, num_threads=os.cpu_count())
     input_detail = interpreter.get_input_details()[0]
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        interpreter.resize_tensor_input(input_detail["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail))
-        interpreter.invoke()
-        output_detail = interpreter.get_output_details()[0]
-        outputs.append(_dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail))
+    with native_logs_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            interpreter.resize_tensor_input(input_detail["index"], batch.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail))
+            interpreter.invoke()
+            output_detail = interpreter.get_output_details()[0]
+            outputs.append(_dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail))
     return np.concatenate(outputs)
 
 

@@ -166,8 +166,8 @@ def _print_summary(manifest: dict, out: Path, console=console) -> None:
         f"accuracy on {splits['test']:,} test images"
         + (f"; artifacts on a sample of {verified:,}" if verified < splits["test"] else ""),
         "time: data and training for keras, conversion for each artifact",
-        f"splits: {splits['train']:,} train, {splits['validation']:,} validation, {splits['test']:,} test; "
-        f"trained {strategy['trainable_params']:,} parameters in {strategy['trainable_layers']} layers",
+        f"splits: {splits['train']:,} train, {splits['validation']:,} validation, {splits['test']:,} test",
+        f"trained: {strategy['trainable_params']:,} parameters in {strategy['trainable_layers']} layer(s)",
         f"written to {out}",
     ]
     for line in lines:
