@@ -21,7 +21,7 @@ def debug() -> bool:
 NATIVE_NOISE = re.compile(
     rb"^[WI]\d{4} [\d:.]+ +\d+ \S+:\d+\] "  # absl's warning and info lines: W0000 00:00:17... 8095 file.cc:177]
     rb"|Unable to register cu(FFT|DNN|BLAS) factory|All log messages before absl::InitializeLog\(\) is called"
-    rb"|^INFO: Created TensorFlow Lite XNNPACK delegate")
+    rb"|^INFO: Created TensorFlow Lite XNNPACK delegate|^fully_quantize: \d")  # the converter's own print
 
 
 @contextlib.contextmanager

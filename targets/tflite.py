@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,9 @@ class TFLiteTarget(Target):
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
         try:
-            with native_logs_filtered():
+            with native_logs_filtered(), warnings.catch_warnings():
+                # the calibrated converter's note that uint8 inputs carry no statistics: they need none
+                warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
                 return converter.convert()
         except Exception as exc:  # the converter raises ConverterError and others
             raise FactoryError(f"TFLite conversion ({mode}) failed: {one_line(exc)}") from exc

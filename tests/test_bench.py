@@ -169,6 +169,8 @@ def test_pick_and_budget_logic():
     assert results_lib.pick(rows, None, 5000)["strategy"] == "c"
     assert results_lib.pick(rows, None, None)["strategy"] == "b"
     assert results_lib.pick(rows, 0.1, None) is None
+    below_gate = {**row("e", 0.95, 0.6, 1000), "passes_gate": False}  # not the model that was evaluated
+    assert results_lib.pick(rows + [below_gate], 1.5, None)["strategy"] == "a"
 
 
 def test_a_failing_artifact_is_recorded_and_the_grid_goes_on():
@@ -247,12 +249,12 @@ def test_the_answer_comes_first():
     results["artifacts"][-1]["passes_gate"] = False  # the most accurate: tfjs uint8, below its gate
     assert report.summary_lines(results)[0] == (
         "Ship: fine-tune:all / tfjs float32: accuracy 0.9019, p50 1.02 ms, 4.00 MB; the most accurate artifact "
-        "that agrees with its Keras model (the smaller on a tie).")
+        "that agrees with its Keras model.")
     results["budget"] = {"ms": None, "kb": 1500, "pick": None}  # a size budget: only the small files
     results["artifacts"][-3]["latency"] = None  # the best of those was not timed: no latency budget, still shipped
     assert report.summary_lines(results)[0] == (
         "Ship: fine-tune:all / tflite qat: accuracy 0.9018, latency not measured, 1.00 MB; the most accurate artifact "
-        "that agrees with its Keras model within size <= 1500 kB (the smaller on a tie).")
+        "that agrees with its Keras model within size <= 1500 kB.")
     for row in results["artifacts"]:
         row["passes_gate"] = False
     assert report.summary_lines(results)[0] == "Ship: nothing; no artifact passes its agreement gate within size <= 1500 kB."

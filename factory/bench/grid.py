@@ -172,7 +172,7 @@ def _advise(prepared, spec: BenchSpec, cache: CacheSpec, reporter) -> dict:
 
 
 def _baseline(prepared, spec: BenchSpec, scratch: Path, reporter) -> dict:
-    reporter.note(f"[bold]{baseline.LABEL}[/]")
+    reporter.note(baseline.LABEL, "bold")
     row = {"strategy": baseline.NAME, "strategy_label": baseline.LABEL}
     try:
         handle = baseline.hub_saved_model(prepared, scratch / "baseline_backbone")

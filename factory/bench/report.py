@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.bench.results import find, ok, p50, pareto
+from factory.bench.results import ok, p50, pareto, pick
 
 CSV_COLUMNS = [
     "strategy", "target", "quantize", "status", "accuracy", "agreement", "passes_gate", "latency_p50_ms",
@@ -199,20 +199,17 @@ def _limits(budget_ms, budget_kb) -> str:
 
 def ship_line(results: dict) -> str:
     """The answer in one line: the most accurate artifact that passes its agreement gate (and
-    the budget, when one was given), the smaller on a tie; its figures, and why that one."""
+    the budget, when one was given); its figures, and why that one."""
     budget = results.get("budget") or {}
     ms, kb = budget.get("ms"), budget.get("kb")
-    candidates = [r for r in ok(results["artifacts"]) if r.get("passes_gate")
-                  and (ms is None or (p50(r) is not None and p50(r) <= ms))
-                  and (kb is None or r["bytes"] <= kb * 1000)]
-    row = max(candidates, key=lambda r: (r["accuracy"], -r["bytes"]), default=None)
+    row = pick(results["artifacts"], ms, kb)
     within = f" within {_limits(ms, kb)}" if budget else ""
     if row is None:
         return f"Ship: nothing; no artifact passes its agreement gate{within}."
     latency = f"p50 {p50(row):.2f} ms" if p50(row) is not None else "latency not measured"
     return (f"Ship: {row['strategy']} / {row['target']} {row['quantize']}: accuracy {row['accuracy']:.4f}, "
             f"{latency}, {row['bytes'] / 1e6:.2f} MB; the most accurate artifact that agrees with its Keras "
-            f"model{within} (the smaller on a tie).")
+            f"model{within}.")
 
 
 def describe_pick(row: dict | None, budget_ms, budget_kb) -> str:
@@ -348,9 +345,6 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(f"Full-int8 TFLite: {r['int8_latency_vs_float32']:.2f}x the float32 latency, "
                      f"{r['int8_size_vs_float32']:.2f}x the size, accuracy "
                      f"{r['int8_accuracy_minus_float32'] * 100:+.1f} points.")
-    budget = results.get("budget")
-    if budget:
-        lines.append("Budget pick " + describe_pick(find(results["artifacts"], budget["pick"]), budget["ms"], budget["kb"]) + ".")
     failed = [r for r in results["strategies"] + results["artifacts"] if r.get("status") == "failed"]
     if failed:
         lines.append(f"{len(failed)} cell(s) failed; their errors are in the tables.")

@@ -63,10 +63,12 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def pick(rows: list[dict], budget_ms: float | None, budget_kb: float | None) -> dict | None:
-    """The most accurate artifact within the budgets (ties: the faster one); None if none fits."""
+    """The most accurate artifact within the budgets that passes its agreement gate (ties: the
+    faster one); None if none fits. An artifact below its gate is not the model evaluated."""
     fitting = [
         r for r in ok(rows)
-        if (budget_ms is None or (p50(r) is not None and p50(r) <= budget_ms))
+        if r.get("passes_gate", True)
+        and (budget_ms is None or (p50(r) is not None and p50(r) <= budget_ms))
         and (budget_kb is None or r["bytes"] <= budget_kb * 1000)
     ]
     if not fitting:

@@ -89,15 +89,19 @@ def bench(
 def _print_bench(results: dict, run_folder: Path) -> None:
     from factory.bench import report
 
+    # 80 columns: the report and results.csv hold every column (p90, throughput, conversion time)
     table = Table(title=f"{results['config']['backbone']} on {results['data']['source']} "
-                        f"({results['data']['splits']['test']} test images)")
-    for column in report.ARTIFACT_HEADERS[:-1]:  # errors go below the table
-        table.add_column(column, justify="left" if column in ("strategy", "target", "quantize") else "right",
-                         no_wrap=column == "strategy")
+                        f"({results['data']['splits']['test']:,} test images)", box=None, pad_edge=False)
+    for column in ("strategy", "artifact", "accuracy", "agrees", "p50 ms", "MB", "Pareto"):
+        table.add_column(column, justify="left" if column in ("strategy", "artifact") else "right", no_wrap=True)
     body, classes = report.artifact_table_rows(results)
     for cells, css in zip(body, classes):
-        table.add_row(*map(Text, cells[:-1]), style={"failed": "red", "pareto": "bold green"}.get(css))
+        strategy, target, quantize, accuracy, agreement, p50, _, _, size, _, pareto, _ = cells
+        agreement = agreement.replace(" (below gate)", "!")
+        table.add_row(*map(Text, (strategy, f"{target} {quantize}", accuracy, agreement, p50, size, pareto)),
+                      style={"failed": "red", "pareto": "bold green"}.get(css))
     console.print(table)
+    console.print("! below its agreement gate; bold green: on the Pareto frontier", highlight=False)
     for cells, css in zip(body, classes):
         if css == "failed":
             console.print(Text("failed: ", style="red") + Text(f"{' '.join(cells[:3])}: {cells[-1]}"), highlight=False)
