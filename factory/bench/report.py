@@ -291,7 +291,8 @@ def html_report(results: dict, out: Path) -> str:
     parts.append("<h2>Accuracy against latency</h2>" + _image(out / PLOTS["accuracy_vs_latency"], "accuracy vs latency"))
     body, classes = artifact_table_rows(results)
     parts.append("<h2>Artifacts</h2><p>Accuracy is measured on the artifact itself in its runtime (LiteRT, "
-                 "TF.js in Node), on the test split (a stratified sample of a larger one); agreement is top-1 agreement with the Keras model. "
+                 "TF.js in Node), on the test split (a stratified sample of a larger one); agreement is top-1 "
+                 "agreement with the Keras model. "
                  "Latency: batch 1 after warm-up in a fresh process; throughput at batch "
                  f"{config['throughput_batch']}. Green rows are on the Pareto frontier.</p>"
                  + _table(ARTIFACT_HEADERS, body, classes))
