@@ -34,6 +34,7 @@ def run_race(prepared, folder, budget_s=None):
     return model, result
 
 
+@pytest.mark.slow
 def test_race_halves_the_field_and_stops_the_losers_early(digits_32, tmp_path, monkeypatch):
     monkeypatch.setattr(advisor, "COST_SHARE", 10.0)  # no cost cap: the race runs to its end
     _, race = run_race(digits_32, tmp_path)
