@@ -84,7 +84,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     assert cluster_manifest["artifacts"][0]["agreement"] >= 0.99
 
     # the chief wrote --out once; the other worker says so and left nothing beside it
-    assert "the chief (worker 0) writes --out" in outputs[1] and "test accuracy" not in outputs[1]
+    assert "the chief (worker 0) writes --out" in outputs[1] and "accuracy on" not in outputs[1]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("cluster", ".cluster"))) == ["cluster"]
     # extraction was split between the workers by content hash: each wrote its own share
     shares = [rows(cache / "features" / f"worker-{i}.sqlite") for i in range(2)]
