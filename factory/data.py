@@ -236,6 +236,12 @@ PATH_COLUMNS = ("path", "image", "image_path", "filename", "file", "img")
 LABEL_COLUMNS = ("label", "class", "class_name", "category", "choice")
 
 
+def regular_file_problem(path) -> str | None:
+    """Why `path` cannot be read as a file (missing, or a folder, a device or a pipe), else None."""
+    path = Path(path)
+    return None if path.is_file() else "not a regular file" if path.exists() else "no such file"
+
+
 def _is_labels_file(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
 
@@ -244,8 +250,9 @@ def _is_labels_file(path: Path) -> bool:
 def _open_labels_file(path: Path):
     """(line, path text, label text) rows of a labels file; its header names the columns (any
     of PATH_COLUMNS and LABEL_COLUMNS); a file without one has the path first, the label second."""
-    if not path.is_file():
-        raise FactoryError(f"--data {path}: {'not a regular file' if path.exists() else 'no such file'}")
+    problem = regular_file_problem(path)
+    if problem:
+        raise FactoryError(f"--data {path}: {problem}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(_bounded_lines(handle))
@@ -288,8 +295,9 @@ def _labels_file_source(path: Path, strict: bool):
             image, label = image.strip(), label.strip()
             problem = f"no {'image path' if not image else 'label'}" if not image or not label else None
             item = path.parent / image
-            if problem is None and os.path.abspath(item) in listed:
-                problem = f"{image} is already listed on line {listed[os.path.abspath(item)]}"
+            where = os.path.abspath(item)
+            if problem is None and where in listed:
+                problem = f"{image} is already listed on line {listed[where]}"
             if problem:
                 if strict:
                     raise FactoryError(f"{path} line {line}: {problem}; fix the row or remove it")
@@ -297,7 +305,7 @@ def _labels_file_source(path: Path, strict: bool):
                 continue
             if not label.isprintable():
                 raise FactoryError(f"{path} line {line}: the label {label!r} holds characters that cannot be printed")
-            listed[os.path.abspath(item)] = line
+            listed[where] = line
             items.append(item)
             names.append(label)
     class_names = sorted(set(names))

@@ -15,7 +15,7 @@ from targets.errors import FactoryError
 def check_build(spec: BuildSpec) -> None:
     data_lib.check_source(spec.data.source)
     if spec.backbone.weights:
-        _regular_file("--weights", spec.backbone.weights)
+        _require_file("--weights", spec.backbone.weights)
     for target in spec.export.chosen_targets():
         problem = target.ready()
         if problem:
@@ -32,10 +32,11 @@ def check_publish(spec: PublishSpec) -> None:
         raise FactoryError(f"{spec.model_name} version {spec.version} is already published; "
                            "choose another --version")
     if spec.sign_key:
-        _regular_file("--sign-key", spec.sign_key)
+        _require_file("--sign-key", spec.sign_key)
         signing.load_private_key(Path(spec.sign_key))
 
 
-def _regular_file(option: str, path) -> None:
-    if not Path(path).is_file():
-        raise FactoryError(f"{option} {path}: {'not a regular file' if Path(path).exists() else 'no such file'}")
+def _require_file(option: str, path) -> None:
+    problem = data_lib.regular_file_problem(path)
+    if problem:
+        raise FactoryError(f"{option} {path}: {problem}")

@@ -12,7 +12,6 @@ import re
 import threading
 
 
-
 def debug() -> bool:
     """Whether every log line should show (read when needed: `--debug` sets it after imports)."""
     return bool(os.environ.get("EDGEFACTORY_DEBUG"))
