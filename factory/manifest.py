@@ -5,6 +5,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes of `path` gzip-compressed at the highest level: what a download over HTTP costs."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            size += len(compressor.compress(chunk))
+    return size + len(compressor.flush())
 
 
 def package_versions() -> dict[str, str | None]:

@@ -202,6 +202,7 @@ class ArtifactReport:
             "file": str(self.artifact.path.relative_to(out_dir)),
             "files": [str(f.relative_to(out_dir)) for f in files],
             "bytes": sum(f.stat().st_size for f in files),
+            "gzip_bytes": sum(manifest.gzip_size(f) for f in files),  # what an app download costs
             "sha256": manifest.sha256(self.artifact.path),
             "convert_seconds": self.artifact.convert_seconds, "verify_seconds": self.verify_seconds,
             "verified_images": self.verified_images,
@@ -210,17 +211,22 @@ class ArtifactReport:
             "passes_gate": self.passes_gate,
             "latency": self.latency,
             **self.description,
+            **({"search": self.artifact.search} if self.artifact.search else {}),
         }
 
 
 def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spec: ExportSpec,
                        plan: list[tuple]) -> ConversionContext:
-    """What the `plan`'s conversions need: labels, normalization, calibration images if a mode does."""
-    calibration = None
+    """What the `plan`'s conversions need: labels, normalization, and the training images that
+    calibrate and validation images that searching modes measure on, when a mode needs them."""
+    seed, data = prepared.data_spec.seed, prepared.data
+    calibration = validation = None
     if any(mode.calibration for _, mode in plan):
-        calibration = prepared.data.train.sample(spec.calibration_size, prepared.data_spec.seed)
-    return ConversionContext(name=name, labels=prepared.data.class_names, normalization=trained.normalization,
-                             calibration=calibration)
+        calibration = data.train.sample(spec.calibration_size, seed)
+    if any(mode.search for _, mode in plan):
+        validation = data.val.sample(spec.verify_images, seed)
+    return ConversionContext(name=name, labels=data.class_names, normalization=trained.normalization,
+                             calibration=calibration, validation=validation, threshold=spec.threshold)
 
 
 def model_for(mode: Mode, trained: TrainedModel, prepared: Prepared, spec: ExportSpec, context) -> keras.Model:

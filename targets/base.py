@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -24,6 +25,7 @@ class Mode:
     in_bench: bool = True  # measured by `factory bench` when no --quantize is given
     calibration: bool = False  # needs representative training images
     training: str | None = None  # a training step the model needs before converting
+    search: bool = False  # searches on validation images for the smallest artifact reaching min_agreement
 
 
 QUANTIZATION_AWARE = "quantization-aware"  # the one training step a mode can need today
@@ -36,6 +38,7 @@ class Artifact:
     path: Path  # the main file (or model.json for a folder of files)
     files: list[Path] = field(default_factory=list)  # every file written, main file included
     convert_seconds: float = 0.0
+    search: dict | None = None  # what a searching mode tried and why it kept this artifact
 
 
 @dataclass
@@ -46,6 +49,9 @@ class ConversionContext:
     labels: list[str]
     normalization: dict  # {"scale", "offset", "input_range"}: normalized = pixel * scale + offset
     calibration: np.ndarray | None = None  # uint8 training images, for modes that calibrate
+    validation: np.ndarray | None = None  # uint8 validation images, for modes that search
+    # the agreement with Keras a mode's gate asks (a searching mode aims for it): the export's rule
+    threshold: Callable[[Mode], float] = lambda mode: mode.min_agreement
 
 
 class Target:

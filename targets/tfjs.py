@@ -1,6 +1,7 @@
 """TF.js target: a graph model (model.json + weight shards), verified in Node with the wasm backend.
 
-Weights float32, float16 or uint8 (affine-quantized, dequantized at load). Labels and the input
+Weights float32, float16, uint8 (affine-quantized, dequantized at load) or mixed (uint8 with the
+tensors uint8 hurts most in float16: targets/tfjs_mixed.py). Labels and the input
 contract go into model.json's `userDefinedMetadata`, so a page needs nothing else.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from targets import tfjs_mixed
 from targets.base import Artifact, Mode, Target
 from targets.native_logs import native_logs_filtered
 from targets.errors import FactoryError, one_line
@@ -25,6 +27,8 @@ MODES = (
     Mode("float16", 0.99, "float16 weights, dequantized at load", in_bench=False),
     # one min/scale per tensor: depthwise kernels suffer (0.815 agreement for EfficientNet-Lite0)
     Mode("uint8", 0.94, "uint8 weights (affine per tensor), dequantized at load"),
+    Mode("mixed", 0.99, "uint8 weights but the fewest tensors in float16 that reach the agreement target on "
+         "validation images", search=True),
 )
 JS_DIR = Path(__file__).parent / "js"
 RUNNER = JS_DIR / "run_tfjs.mjs"
@@ -58,35 +62,22 @@ class TFJSTarget(Target):
     def convert(self, model, quantize: str, out_dir: Path, context) -> Artifact:
         if self.mode(quantize) is None:
             raise self._unknown_mode(quantize)
-        from tensorflowjs.converters import tf_saved_model_conversion_v2 as converter
-
-        from targets.tf_setup import tf
-
         start = time.perf_counter()
         folder = Path(out_dir) / f"tfjs_{quantize}"
-        size = model.input_shape[1]
-        metadata = {
-            "edgefactory": {
-                "name": context.name,
-                "labels": context.labels,
-                "input": {"size": [size, size], "channels": "RGB", "pixel_range": [0, 255], "dtype": "float32"},
-                "normalization_in_graph": context.normalization,
-                "output": "probabilities",
-            }
-        }
-        with tempfile.TemporaryDirectory() as saved, native_logs_filtered():
-            tf.saved_model.save(model, saved)
-            try:
-                converter.convert_tf_saved_model(
-                    saved, str(folder),
-                    quantization_dtype_map=None if quantize == "float32" else {quantize: True},
-                    metadata=metadata,
-                )
-            except Exception as exc:
-                raise FactoryError(f"TF.js conversion ({quantize}) failed: {one_line(exc)}") from exc
+        record = None
+        if quantize == "mixed":
+            _require_node()
+            with tempfile.TemporaryDirectory() as scratch:
+                float_folder = Path(scratch) / "float32"
+                _convert_graph_model(model, float_folder, "float32", context)
+                record = tfjs_mixed.convert(float_folder, folder, model.predict(context.validation, verbose=0),
+                                            context.validation, context.threshold(self.mode(quantize)), run_node)
+        else:
+            _convert_graph_model(model, folder, quantize, context)
         check_quantized(folder, quantize)
         files = sorted(p for p in folder.iterdir() if p.is_file())
-        return Artifact(self.name, quantize, folder / "model.json", files, round(time.perf_counter() - start, 2))
+        return Artifact(self.name, quantize, folder / "model.json", files, round(time.perf_counter() - start, 2),
+                        record)
 
     def predict(self, artifact: Artifact, images: np.ndarray) -> np.ndarray:
         return run_node(artifact.path.parent, images)
@@ -103,6 +94,34 @@ class TFJSTarget(Target):
         return {"weight_types": stored_weight_types(manifest), "format": manifest.get("format")}
 
 
+def _convert_graph_model(model, folder: Path, quantize: str, context) -> None:
+    """The tensorflowjs converter's graph model of `model`, weights stored as `quantize`."""
+    from tensorflowjs.converters import tf_saved_model_conversion_v2 as converter
+
+    from targets.tf_setup import tf
+
+    size = model.input_shape[1]
+    metadata = {
+        "edgefactory": {
+            "name": context.name,
+            "labels": context.labels,
+            "input": {"size": [size, size], "channels": "RGB", "pixel_range": [0, 255], "dtype": "float32"},
+            "normalization_in_graph": context.normalization,
+            "output": "probabilities",
+        }
+    }
+    with tempfile.TemporaryDirectory() as saved, native_logs_filtered():
+        tf.saved_model.save(model, saved)
+        try:
+            converter.convert_tf_saved_model(
+                saved, str(folder),
+                quantization_dtype_map=None if quantize == "float32" else {quantize: True},
+                metadata=metadata,
+            )
+        except Exception as exc:
+            raise FactoryError(f"TF.js conversion ({quantize}) failed: {one_line(exc)}") from exc
+
+
 def stored_weight_types(manifest: dict) -> list[str]:
     """How model.json stores its float weights: float32, or the quantized dtype (float16, uint8)."""
     weights = [w for group in manifest["weightsManifest"] for w in group["weights"]]
@@ -112,7 +131,7 @@ def stored_weight_types(manifest: dict) -> list[str]:
 def check_quantized(folder: Path, quantize: str) -> None:
     """Fail if the weights in model.json are not stored as `quantize` promises."""
     stored = stored_weight_types(json.loads((folder / "model.json").read_text()))
-    ok = stored == ["float32"] if quantize == "float32" else quantize in stored
+    ok = stored == ["float32"] if quantize == "float32" else ("uint8" if quantize == "mixed" else quantize) in stored
     if not ok:
         raise FactoryError(f"{folder.name}: weights are not stored as {quantize}; report this model with --debug")
 

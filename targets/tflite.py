@@ -1,7 +1,9 @@
-"""TFLite target: convert (float32, float16, dynamic-range, full int8, QAT int8), run in LiteRT.
+"""TFLite target: convert (float32, float16, dynamic-range, full int8, QAT int8, int16x8 and
+mixed precision), run in LiteRT.
 
 Every mode's weights, activations and input / output types are in MODES below; `qat` converts
-a model that quantization-aware training (a training-side step) already prepared.
+a model that quantization-aware training (a training-side step) already prepared; `mixed`
+searches which ops stay float (targets/tflite_mixed.py).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from targets import tflite_metadata
+from targets import tflite_metadata, tflite_mixed
 from targets.base import QUANTIZATION_AWARE, Artifact, Mode, Target
 from targets.calibration import representative_dataset
 from targets.native_logs import native_logs_filtered
@@ -29,13 +31,17 @@ MODES = (
          "input/output", calibration=True),
     Mode("qat", 0.94, "int8 as above, after quantization-aware training", calibration=True,
          training=QUANTIZATION_AWARE),
+    Mode("int16x8", 0.94, "int8 weights, int16 activations calibrated on training images; float32 input/output "
+         "(LiteRT's int16 kernels are slow on CPUs)", calibration=True),
+    Mode("mixed", 0.99, "int8 with the fewest ops from the input kept float that reach the agreement target on "
+         "validation images; float32 input/output", calibration=True, search=True),
 )
 _MODES = {m.name: m for m in MODES}
 
 
 def full_integer(mode: str) -> bool:
-    """Modes calibrated on training images are integer end to end (int8 weights and activations)."""
-    return _MODES[mode].calibration
+    """Modes that are integer end to end, input and output included (int8 weights and activations)."""
+    return mode in ("int8", "qat")
 
 
 @dataclass
@@ -46,18 +52,23 @@ class TFLiteTarget(Target):
 
     def convert(self, model, mode: str, out_dir: Path, context) -> Artifact:
         start = time.perf_counter()
-        flatbuffer = self._convert(model, mode, context)
+        if self.mode(mode) is None:
+            raise self._unknown_mode(mode)
+        record = None
+        if mode == "mixed":
+            flatbuffer, record = tflite_mixed.convert(model, context.calibration, context.validation,
+                                                      context.threshold(self.mode(mode)), run_interpreter)
+        else:
+            flatbuffer = self._convert(model, mode, context)
         path = Path(out_dir) / f"model_{mode}.tflite"
         path.write_bytes(flatbuffer)
         tflite_metadata.attach(path, labels=context.labels, name=context.name)
         check_quantized(path, mode, self.int8_io)
-        return Artifact(self.name, mode, path, [path], round(time.perf_counter() - start, 2))
+        return Artifact(self.name, mode, path, [path], round(time.perf_counter() - start, 2), record)
 
     def _convert(self, model, mode: str, context) -> bytes:
         from targets.tf_setup import tf
 
-        if self.mode(mode) is None:
-            raise self._unknown_mode(mode)
         needs_qat = self.mode(mode).training == QUANTIZATION_AWARE
         if needs_qat and not any(type(layer).__name__.startswith("Quantize") for layer in model.layers):
             raise FactoryError("--quantize qat converts a quantization-aware model: run quantization-aware "
@@ -68,6 +79,11 @@ class TFLiteTarget(Target):
             converter.target_spec.supported_types = [tf.float16]
         elif mode == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif mode == "int16x8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset(context.calibration)
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         elif full_integer(mode):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             # QAT learned its ranges; the converter still asks for a representative set (used
@@ -123,6 +139,8 @@ def check_quantized(path: Path, quantize: str, int8_io: str = "uint8") -> dict:
         "float16": types["input"] == "float32" and "float16" in tensors,
         "dynamic": types["input"] == "float32" and "int8" in tensors,
         "int8": types["input"] == int8_io and types["output"] == int8_io and "int8" in tensors,
+        "int16x8": types["input"] == "float32" and {"int8", "int16"} <= tensors,
+        "mixed": types["input"] == "float32" and "int8" in tensors,
     }
     if not expected["int8" if full_integer(quantize) else quantize]:
         raise FactoryError(

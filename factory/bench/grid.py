@@ -141,9 +141,9 @@ def _measure_artifact(cell: StrategyCell, result: TrainedCell, target, mode, con
         reporter.advance(task)
         entry = pipeline.verify(result.trained, prepared, target, mode, artifact, spec.export).manifest_entry(out_dir)
         reporter.advance(task)
-        keep = ("accuracy", "agreement", "max_abs_diff", "passes_gate", "min_agreement", "bytes", "convert_seconds",
-                "file")
-        row.update(status="ok", **{k: entry[k] for k in keep}, **spec.timings(target, artifact))
+        keep = ("accuracy", "agreement", "max_abs_diff", "passes_gate", "min_agreement", "bytes", "gzip_bytes",
+                "convert_seconds", "file", "search")
+        row.update(status="ok", **{k: entry[k] for k in keep if k in entry}, **spec.timings(target, artifact))
         row.update(_training_columns(result.row))
     except Exception as exc:
         row.update(status="failed", error=one_line(exc))

@@ -15,7 +15,7 @@ from factory.bench.results import ok, p50, pareto, pick
 CSV_COLUMNS = [
     "strategy", "target", "quantize", "status", "accuracy", "agreement", "passes_gate", "latency_p50_ms",
     "latency_p90_ms", "threads", "runtime", "throughput_images_per_s", "throughput_batch", "bytes",
-    "convert_seconds", "keras_accuracy", "train_seconds", "peak_rss_mb", "pareto", "error",
+    "gzip_bytes", "convert_seconds", "keras_accuracy", "train_seconds", "peak_rss_mb", "pareto", "error",
 ]
 PLOTS = {"accuracy_vs_latency": "accuracy_vs_latency.png", "training_time": "training_time_vs_accuracy.png"}
 MARKERS = {"tflite": "o", "tfjs": "s"}
@@ -263,7 +263,8 @@ def artifact_table_rows(results: dict) -> tuple[list[list], list[str]]:
             _fmt(row["agreement"], ".3f") + ("" if row["passes_gate"] in (None, True) else " (below gate)"),
             _fmt(row["latency_p50_ms"], ".2f"), _fmt(row["latency_p90_ms"], ".2f"),
             _fmt(row["throughput_images_per_s"], ".0f"),
-            _fmt(row["bytes"] / 1e6 if row["bytes"] else None, ".2f"), _fmt(row["convert_seconds"], ".1f"),
+            _fmt(row["bytes"] / 1e6 if row["bytes"] else None, ".2f"),
+            _fmt(row["gzip_bytes"] / 1e6 if row["gzip_bytes"] else None, ".2f"), _fmt(row["convert_seconds"], ".1f"),
             "yes" if row["pareto"] else "", row["error"] or "",
         ])
         classes.append("failed" if failed else "pareto" if row["pareto"] else "")
@@ -271,7 +272,7 @@ def artifact_table_rows(results: dict) -> tuple[list[list], list[str]]:
 
 
 ARTIFACT_HEADERS = ["strategy", "target", "quantize", "accuracy", "agreement", "p50 ms", "p90 ms", "images/s",
-                    "MB", "convert s", "Pareto", "error"]
+                    "MB", "gzip MB", "convert s", "Pareto", "error"]
 
 
 def html_report(results: dict, out: Path) -> str:

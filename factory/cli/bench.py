@@ -14,7 +14,7 @@ from factory.bench.config import (BENCH_EXPORT, BENCH_INPUT_SIZE, BENCH_LIMIT, B
                                   STRATEGY_HELP, BenchSpec)
 from factory.cli.common import (BackboneOption, DataOption, Debug, LimitOption, Quiet, SeedOption, WeightsOption, app,
                                 console, data_and_backbone, modes_help, one_line_errors)
-from factory.specs import DEFAULT_SEED
+from factory.specs import DEFAULT_SEED, DataSpec
 from targets import registry
 from targets.errors import FactoryError
 
@@ -30,6 +30,8 @@ def bench(
     input_size: Optional[int] = typer.Option(BENCH_INPUT_SIZE, help="Square input size in pixels (small keeps "
                                              "the grid quick; pass the size you deploy)."),
     limit: LimitOption = BENCH_LIMIT,
+    test_fraction: float = typer.Option(DataSpec.test_fraction, help="Share of the examples held out for testing "
+                                        "(a larger test split measures agreement more finely)."),
     strategy: List[str] = typer.Option(list(DEFAULT_STRATEGIES), metavar="STRATEGY", help=f"Strategies to compare: {STRATEGY_HELP}. "
                                        "Repeat."),
     target: List[str] = typer.Option(list(BENCH_EXPORT.targets), metavar="TARGET", help="Deployment targets: "
@@ -65,7 +67,8 @@ def bench(
     """Measure accuracy, latency, size and training cost for each strategy x target x quantization."""
     from datetime import datetime
 
-    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed)
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed,
+                                                   test_fraction=test_fraction)
     training = dataclasses.replace(BENCH_TRAINING, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
                                    learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
                                    batch_size=batch_size, seed=seed)
@@ -96,7 +99,7 @@ def _print_bench(results: dict, run_folder: Path) -> None:
         table.add_column(column, justify="left" if column in ("strategy", "artifact") else "right", no_wrap=True)
     body, classes = report.artifact_table_rows(results)
     for cells, css in zip(body, classes):
-        strategy, target, quantize, accuracy, agreement, p50, _, _, size, _, pareto, _ = cells
+        strategy, target, quantize, accuracy, agreement, p50, _, _, size, _, _, pareto, _ = cells
         agreement = agreement.replace(" (below gate)", "!")
         table.add_row(*map(Text, (strategy, f"{target} {quantize}", accuracy, agreement, p50, size, pareto)),
                       style={"failed": "red", "pareto": "bold green"}.get(css))

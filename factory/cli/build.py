@@ -191,7 +191,8 @@ def list_targets():
         for column in ("--quantize", "min agreement", "in bench", "needs", "stores"):
             table.add_column(column)
         for mode in registry.get(name).modes:
-            steps = ("calibration images" if mode.calibration else "", f"{mode.training} training" if mode.training else "")
+            steps = ("calibration images" if mode.calibration else "", "validation images" if mode.search else "",
+                     f"{mode.training} training" if mode.training else "")
             needs = ", ".join(step for step in steps if step)
             table.add_row(mode.name, f"{mode.min_agreement}", "yes" if mode.in_bench else "no", needs or "-",
                           mode.summary)
