@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportS
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase
 from targets import parity
-from targets.base import QUANTIZATION_AWARE, Artifact, ConversionContext, Mode, Target
+from targets.base import QUANTIZATION_AWARE, SMALLEST, Artifact, ConversionContext, Mode, Target
 from targets.errors import FactoryError
 from targets.tf_setup import keras
 
@@ -272,6 +273,15 @@ def verify(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode
                           verify_seconds=round(time.perf_counter() - start, 2))
 
 
+def convert_and_verify(trained: TrainedModel, prepared: Prepared, target: Target, mode: Mode, out_dir: Path,
+                       context: ConversionContext, spec: ExportSpec, reporter: Reporter = Silent()) -> ArtifactReport:
+    """One artifact of `mode` (for smallest: the one it chose) and its comparison with Keras."""
+    if mode.name == SMALLEST:
+        return smallest(trained, prepared, target, out_dir, context, spec, reporter)
+    artifact = convert(trained, prepared, target, mode, out_dir, context, spec)
+    return verify(trained, prepared, target, mode, artifact, spec)
+
+
 def gate(report: ArtifactReport) -> None:
     """Refuse an artifact that disagrees with Keras more than its threshold allows."""
     parity.gate(report.name, {"agreement": report.agreement}, report.min_agreement)
@@ -286,17 +296,63 @@ def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for target, mode in plan:
-        task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=3)
-        artifact = convert(trained, prepared, target, mode, out_dir, context, spec)
-        reporter.advance(task)
-        report = verify(trained, prepared, target, mode, artifact, spec)
+        task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=2)
+        report = convert_and_verify(trained, prepared, target, mode, out_dir, context, spec, reporter)
         gate(report)
         reporter.advance(task)
         if spec.latency_runs:
-            report.latency = target.latency(artifact, runs=spec.latency_runs)
+            report.latency = target.latency(report.artifact, runs=spec.latency_runs)
         reporter.finish(task)
         reports.append(report)
     return reports
+
+
+def smallest(trained: TrainedModel, prepared: Prepared, target: Target, out_dir: Path, context: ConversionContext,
+             spec: ExportSpec, reporter: Reporter = Silent()) -> ArtifactReport:
+    """--quantize smallest: convert each candidate mode of `target` (in a scratch folder), verify
+    them from the smallest file up, and keep the first that passes the gate; the others are
+    deleted and the kept artifact's record lists them all."""
+    threshold = spec.threshold(target.mode(SMALLEST))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".smallest-") as scratch:
+        built = []
+        for mode in target.candidates():
+            reporter.note(f"{target.name} smallest: converting {mode.name}")
+            built.append((mode, convert(trained, prepared, target, mode, Path(scratch), context, spec)))
+        built.sort(key=lambda pair: _bytes(pair[1].files))
+        tried, chosen = [], None
+        for mode, artifact in built:
+            row = {"quantize": mode.name, "bytes": _bytes(artifact.files)}
+            if chosen is None:
+                report = verify(trained, prepared, target, mode, artifact, spec)
+                row.update(agreement=report.agreement, passes_gate=report.agreement >= threshold)
+                if row["passes_gate"]:
+                    chosen = report
+            tried.append(row)
+        if chosen is None:
+            raise FactoryError(f"{target.name} --quantize smallest: no mode agrees with the Keras model on "
+                               f"{threshold} of the test images (" + ", ".join(
+                                   f"{t['quantize']} {t['agreement']:.3f}" for t in tried) + ")")
+        chosen.artifact = _moved(chosen.artifact, Path(scratch), out_dir)
+    chosen.min_agreement = threshold
+    chosen.artifact.search = {"smallest_of": tried, "rule": f"the smallest file agreeing on >= {threshold}",
+                              **(chosen.artifact.search or {})}
+    return chosen
+
+
+def _bytes(files: list[Path]) -> int:
+    return sum(f.stat().st_size for f in files)
+
+
+def _moved(artifact: Artifact, source: Path, destination: Path) -> Artifact:
+    """`artifact` with its files moved from `source` to the same place under `destination`."""
+    def move(path: Path) -> Path:
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+        return target
+
+    files = [move(f) for f in artifact.files]
+    return dataclasses.replace(artifact, path=destination / artifact.path.relative_to(source), files=files)
 
 
 # --- publish -------------------------------------------------------------------------------------

@@ -29,6 +29,13 @@ class Mode:
 
 
 QUANTIZATION_AWARE = "quantization-aware"  # the one training step a mode can need today
+SMALLEST = "smallest"  # the mode that builds a target's other modes and keeps the smallest passing one
+
+
+def smallest_mode(needs_calibration: bool) -> Mode:
+    return Mode(SMALLEST, 0.99, "the smallest artifact of the modes above (those needing no training) that "
+                "passes the agreement gate; the manifest lists every candidate", in_bench=False,
+                calibration=needs_calibration, search=True)
 
 
 @dataclass
@@ -61,6 +68,10 @@ class Target:
     def mode(self, name: str) -> Mode | None:
         return next((m for m in self.modes if m.name == name), None)
 
+    def candidates(self) -> list[Mode]:
+        """The modes --quantize smallest chooses from: every one needing no training step."""
+        return [m for m in self.modes if m.name != SMALLEST and m.training is None]
+
     def bench_modes(self) -> list[Mode]:
         return [m for m in self.modes if m.in_bench]
 
@@ -84,6 +95,13 @@ class Target:
         """Number types stored in the artifact (proof that a quantization happened)."""
         raise NotImplementedError
 
-    def _unknown_mode(self, mode: str) -> FactoryError:
-        return FactoryError(f"unknown {self.name} --quantize {mode!r}: choose one of "
-                            + ", ".join(m.name for m in self.modes))
+    def converted_mode(self, name: str) -> Mode:
+        """The mode `convert` builds by that name; smallest is a choice among them, not one."""
+        mode = self.mode(name)
+        if mode is None:
+            raise FactoryError(f"unknown {self.name} --quantize {name!r}: choose one of "
+                               + ", ".join(m.name for m in self.modes))
+        if name == SMALLEST:
+            raise FactoryError("--quantize smallest chooses among a target's converted modes: run it through the "
+                               "pipeline (factory.pipeline.smallest), not Target.convert")
+        return mode

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from targets import tfjs_mixed
-from targets.base import Artifact, Mode, Target
+from targets.base import Artifact, Mode, Target, smallest_mode
 from targets.native_logs import native_logs_filtered
 from targets.errors import FactoryError, one_line
 from targets.latency import run_timer
@@ -29,6 +29,7 @@ MODES = (
     Mode("uint8", 0.94, "uint8 weights (affine per tensor), dequantized at load"),
     Mode("mixed", 0.99, "uint8 weights but the fewest tensors in float16 that reach the agreement target on "
          "validation images", search=True),
+    smallest_mode(needs_calibration=False),
 )
 JS_DIR = Path(__file__).parent / "js"
 RUNNER = JS_DIR / "run_tfjs.mjs"
@@ -60,8 +61,7 @@ class TFJSTarget(Target):
         return node_ready()
 
     def convert(self, model, quantize: str, out_dir: Path, context) -> Artifact:
-        if self.mode(quantize) is None:
-            raise self._unknown_mode(quantize)
+        mode = self.converted_mode(quantize)
         start = time.perf_counter()
         folder = Path(out_dir) / f"tfjs_{quantize}"
         record = None
@@ -71,7 +71,7 @@ class TFJSTarget(Target):
                 float_folder = Path(scratch) / "float32"
                 _convert_graph_model(model, float_folder, "float32", context)
                 record = tfjs_mixed.convert(float_folder, folder, model.predict(context.validation, verbose=0),
-                                            context.validation, context.threshold(self.mode(quantize)), run_node)
+                                            context.validation, context.threshold(mode), run_node)
         else:
             _convert_graph_model(model, folder, quantize, context)
         check_quantized(folder, quantize)

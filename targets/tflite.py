@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from targets import tflite_metadata, tflite_mixed
-from targets.base import QUANTIZATION_AWARE, Artifact, Mode, Target
+from targets.base import QUANTIZATION_AWARE, Artifact, Mode, Target, smallest_mode
 from targets.calibration import representative_dataset
 from targets.native_logs import native_logs_filtered
 from targets.errors import FactoryError, one_line
@@ -35,6 +35,7 @@ MODES = (
          "(LiteRT's int16 kernels are slow on CPUs)", calibration=True),
     Mode("mixed", 0.99, "int8 with the fewest ops from the input kept float that reach the agreement target on "
          "validation images; float32 input/output", calibration=True, search=True),
+    smallest_mode(needs_calibration=True),
 )
 _MODES = {m.name: m for m in MODES}
 
@@ -52,12 +53,10 @@ class TFLiteTarget(Target):
 
     def convert(self, model, mode: str, out_dir: Path, context) -> Artifact:
         start = time.perf_counter()
-        if self.mode(mode) is None:
-            raise self._unknown_mode(mode)
         record = None
         if mode == "mixed":
             flatbuffer, record = tflite_mixed.convert(model, context.calibration, context.validation,
-                                                      context.threshold(self.mode(mode)), run_interpreter)
+                                                      context.threshold(self.converted_mode(mode)), run_interpreter)
         else:
             flatbuffer = self._convert(model, mode, context)
         path = Path(out_dir) / f"model_{mode}.tflite"
@@ -69,7 +68,7 @@ class TFLiteTarget(Target):
     def _convert(self, model, mode: str, context) -> bytes:
         from targets.tf_setup import tf
 
-        needs_qat = self.mode(mode).training == QUANTIZATION_AWARE
+        needs_qat = self.converted_mode(mode).training == QUANTIZATION_AWARE
         if needs_qat and not any(type(layer).__name__.startswith("Quantize") for layer in model.layers):
             raise FactoryError("--quantize qat converts a quantization-aware model: run quantization-aware "
                                "training on it first")

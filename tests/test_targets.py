@@ -1,4 +1,6 @@
 """Every quantize mode of both targets on a genuinely trained small CNN, run in the real runtimes."""
+import dataclasses
+import gzip
 import json
 import os
 import subprocess
@@ -10,7 +12,7 @@ import pytest
 from factory import quantization_aware
 from factory.quantization_aware import quantization_aware_model
 from targets import parity, registry, tflite, tflite_metadata
-from targets.base import ConversionContext
+from targets.base import SMALLEST, ConversionContext
 from targets.errors import FactoryError
 from targets.tf_setup import keras
 from targets.tfjs import node_ready
@@ -47,7 +49,7 @@ def digits_model():
     probs = model.predict(digits.test.load_images(), verbose=0)
     assert np.mean(probs.argmax(1) == digits.test.labels) > 0.8
     context = ConversionContext(name="digits", labels=digits.class_names, normalization=NORMALIZATION,
-                                calibration=digits.train.sample(100, seed=0))
+                                calibration=digits.train.sample(100, seed=0), validation=digits.val.load_images())
     return model, digits, probs, context
 
 
@@ -60,7 +62,7 @@ def model_for(mode, digits_model):
                                     learning_rate=1e-4, batch_size=32)
 
 
-@pytest.mark.parametrize("mode", [m.name for m in tflite.MODES])
+@pytest.mark.parametrize("mode", [m.name for m in tflite.MODES if m.name != SMALLEST])
 def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
     model, digits, keras_probs, context = digits_model
     target = REGISTRY["tflite"]
@@ -71,6 +73,10 @@ def test_tflite_mode_converts_runs_and_agrees(digits_model, tmp_path, mode):
     types = target.describe(artifact)["tensor_types"]
     if mode in ("int8", "qat"):
         assert types["input"] == types["output"] == "uint8" and "float32" not in types["tensors"]
+    if mode == "int16x8":
+        assert types["input"] == "float32" and {"int16", "int8"} <= set(types["tensors"])
+    if mode == "mixed":
+        assert types["input"] == "float32" and "int8" in types["tensors"]
     if mode == "float32":
         assert report["max_abs_diff"] < 1e-4
     timing = target.latency(artifact, runs=5, warmup=1)
@@ -206,3 +212,106 @@ def test_qat_mode_refuses_a_model_that_was_not_trained_for_it(digits_model, tmp_
     with pytest.raises(FactoryError, match="quantization-aware model"):
         REGISTRY["tflite"].convert(model, "qat", tmp_path, context)
     assert not list(tmp_path.iterdir())
+
+
+# --- compressed modes that search: mixed, and smallest ----------------------------------------
+
+EXACT = 1.0  # a target only a float-faithful artifact meets: forces the searches past plain int8 / uint8
+
+
+def _searched(digits_model, target_name, tmp_path):
+    model, digits, _, context = digits_model
+    context = dataclasses.replace(context, threshold=lambda mode: EXACT)
+    target = REGISTRY[target_name]
+    artifact = target.convert(model, "mixed", tmp_path, context)
+    validation_agreement = parity.compare(model.predict(context.validation, verbose=0),
+                                          target.predict(artifact, context.validation), digits.val.labels)["agreement"]
+    return artifact, artifact.search, validation_agreement
+
+
+def _check_fewest(record):
+    """The kept count is the smallest tried that reached the target, and every smaller one failed."""
+    trials = {t["kept"]: t["agreement"] for t in record["trials"]}
+    kept = min(k for k, a in trials.items() if a >= record["target_agreement"])
+    assert record["trials"][0]["kept"] == 0
+    assert all(a < record["target_agreement"] for k, a in trials.items() if k < kept)
+    return kept
+
+
+def test_tflite_mixed_keeps_the_fewest_float_ops_that_reach_the_target(digits_model, tmp_path):
+    artifact, record, validation_agreement = _searched(digits_model, "tflite", tmp_path)
+    assert record["target_agreement"] == EXACT and record["reached"]
+    kept = _check_fewest(record)  # on this small CNN plain int8 often suffices: kept 0 (tests/test_compression.py
+    assert kept == len(record["float_ops"]) <= record["ops"]  # searches EfficientNet-Lite0, where it does not)
+    assert validation_agreement == record["validation_agreement"] == EXACT  # the file written is the one measured
+    assert record["worst_ops"][0]["rmse_per_scale"] >= record["worst_ops"][-1]["rmse_per_scale"] > 0
+
+
+def test_tfjs_mixed_stores_the_searched_tensors_in_float16_and_the_rest_uint8(digits_model, tmp_path):
+    artifact, record, validation_agreement = _searched(digits_model, "tfjs", tmp_path)
+    assert record["reached"]
+    kept = _check_fewest(record)
+    assert kept == len(record["float16_tensors"]) <= record["tensors"]
+    assert validation_agreement == record["validation_agreement"] == EXACT
+    weights = [w for g in json.loads(artifact.path.read_text())["weightsManifest"] for w in g["weights"]]
+    stored = {w["name"]: w.get("quantization", {}).get("dtype") for w in weights if w["dtype"] == "float32"}
+    assert {n for n, dtype in stored.items() if dtype == "float16"} == set(record["float16_tensors"])
+    assert {dtype for n, dtype in stored.items() if n not in record["float16_tensors"]} == {"uint8"}
+
+
+@pytest.mark.parametrize("answer", [0, 1, 37, 63, 64])
+def test_search_bisects_to_the_fewest_kept_that_reach_the_target(answer):
+    from targets import search
+
+    measured = []
+
+    def measure(kept):  # agreement grows with what is kept, as in the real searches
+        measured.append(kept)
+        return 0.995 if kept >= answer else 0.9 + kept / 1000
+
+    kept, trials = search.fewest(64, measure, 0.99)
+    assert kept == answer and len(measured) <= 8  # log2(64) + 2 trials, never all 65
+    assert [t["kept"] for t in trials] == measured and all(t["agreement"] < 0.99 for t in trials if t["kept"] < kept)
+
+
+def test_search_without_an_answer_returns_everything_kept_and_says_so():
+    from targets import search
+
+    kept, trials = search.fewest(10, lambda kept: 0.5, 0.99)
+    assert kept == 10 and trials[-1] == {"kept": 10, "agreement": 0.5}
+
+
+@pytest.mark.parametrize("target_name", ["tflite", "tfjs"])
+@pytest.mark.parametrize("threshold", [0.0, EXACT])
+def test_smallest_keeps_the_smallest_artifact_that_passes_the_gate(digits_model, tmp_path, target_name, threshold):
+    from factory import pipeline
+    from factory.specs import BackboneSpec, DataSpec, ExportSpec
+
+    model, digits, keras_probs, context = digits_model
+    trained = pipeline.TrainedModel(model, NORMALIZATION, keras_probs, digits.test.labels, spec=None)
+    prepared = pipeline.Prepared(DataSpec("digits"), BackboneSpec(), None, digits)
+    spec = ExportSpec(targets=(target_name,), quantize=(SMALLEST,), min_agreement=threshold, latency_runs=0)
+    context = dataclasses.replace(context, threshold=spec.threshold)
+    target = REGISTRY[target_name]
+    report = pipeline.smallest(trained, prepared, target, tmp_path, context, spec)
+    tried = report.artifact.search["smallest_of"]
+    assert [t["quantize"] for t in tried] and {t["quantize"] for t in tried} == {m.name for m in target.candidates()}
+    assert [t["bytes"] for t in tried] == sorted(t["bytes"] for t in tried)
+    chosen = next(t for t in tried if t.get("passes_gate"))
+    assert report.artifact.quantize == chosen["quantize"] and report.agreement >= threshold
+    assert all(not t["passes_gate"] for t in tried[:tried.index(chosen)])  # every smaller one failed
+    if threshold == 0.0:
+        assert chosen is tried[0]
+    entry = report.manifest_entry(tmp_path)
+    on_disk = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert on_disk == sorted(report.artifact.files)  # the losers and the scratch folder are gone
+    assert entry["bytes"] == chosen["bytes"] == sum(p.stat().st_size for p in on_disk)
+    assert entry["gzip_bytes"] == sum(len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0)) for p in on_disk)
+    assert entry["gzip_bytes"] < entry["bytes"]
+
+
+def test_smallest_is_not_a_conversion_of_its_own(digits_model, tmp_path):
+    model, _, _, context = digits_model
+    with pytest.raises(FactoryError, match="chooses among"):
+        REGISTRY["tflite"].convert(model, SMALLEST, tmp_path, context)
+    assert not any(tmp_path.iterdir())

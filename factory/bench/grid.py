@@ -135,11 +135,11 @@ def _warm_rebuild_seconds(prepared, cell: StrategyCell, cache: CacheSpec) -> flo
 def _measure_artifact(cell: StrategyCell, result: TrainedCell, target, mode, context, out_dir: Path, prepared,
                       spec: BenchSpec, reporter) -> dict:
     row = {"strategy": cell.name, "strategy_label": cell.label, "target": target.name, "quantize": mode.name}
-    task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=3)
+    task = reporter.start(f"{target.name} {mode.name}: convert, verify, time", total=2)
     try:
-        artifact = pipeline.convert(result.trained, prepared, target, mode, out_dir, context, spec.export)
-        reporter.advance(task)
-        entry = pipeline.verify(result.trained, prepared, target, mode, artifact, spec.export).manifest_entry(out_dir)
+        verified = pipeline.convert_and_verify(result.trained, prepared, target, mode, out_dir, context, spec.export,
+                                              reporter)
+        artifact, entry = verified.artifact, verified.manifest_entry(out_dir)
         reporter.advance(task)
         keep = ("accuracy", "agreement", "max_abs_diff", "passes_gate", "min_agreement", "bytes", "gzip_bytes",
                 "convert_seconds", "file", "search")
