@@ -26,7 +26,7 @@ from factory.specs import DataSpec  # noqa: E402
 
 RECORDED = Path(__file__).parent / "results" / "compression"
 FILES = ["results.json", "results.csv", "report.html", *PLOTS.values()]
-MODES = ("float32", "int8", "int16x8", "mixed", "uint8")
+MODES = ("float32", "float16", "dynamic", "int8", "qat", "int16x8", "mixed", "uint8")
 
 
 def ratio_table(results: dict) -> list[str]:
