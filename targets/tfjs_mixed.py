@@ -41,7 +41,8 @@ def convert(float_folder: Path, out_folder: Path, reference_probs: np.ndarray, v
             sizes[kept] = _write(model_json, groups, ranked[:kept], folder)
             return search.agreement(reference_probs, run(folder, validation))
 
-    kept, trials = search.fewest(len(ranked), measure, target)
+    aim = search.aim(target, len(validation))
+    kept, trials = search.fewest(len(ranked), measure, aim)
     for trial in trials:
         trial["bytes"] = sizes[trial["kept"]]
     _write(model_json, groups, ranked[:kept], out_folder)
@@ -49,9 +50,9 @@ def convert(float_folder: Path, out_folder: Path, reference_probs: np.ndarray, v
         "kept_float16": "tensors with the largest uint8 error, the rest uint8",
         "float16_tensors": ranked[:kept],
         "tensors": len(ranked),
-        "target_agreement": target, "validation_images": len(validation),
+        "target_agreement": target, "validation_images": len(validation), "aim": round(aim, 4),
         "validation_agreement": next(t["agreement"] for t in trials if t["kept"] == kept),
-        "reached": any(t["kept"] == kept and t["agreement"] >= target for t in trials),
+        "reached": any(t["kept"] == kept and t["agreement"] >= aim for t in trials),
         "trials": trials,
         "worst_tensors": [{"name": name, "uint8_error": round(errors[name], 4)} for name in ranked[:5]],
     }

@@ -7,7 +7,10 @@ Keeping the 1-40 worst-ranked ops in float does not help (0.95-0.98 agreement), 
 float op still reads and writes int8 activations; keeping the graph's first ops in float as one
 span does (0.95 -> 0.98 with 15 ops, 0.988 with 47), while a float span at the output end
 gains nothing (0.950 -> 0.953). So the search keeps a float span from the input and bisects
-its length (targets/search.py); the debugger's ranking is recorded as the evidence.
+its length (targets/search.py); the debugger's ranking is recorded as the evidence. The error
+is weight rounding amplified by cancellation more than activation range: int16 activations
+(int16x8) still agree on only 0.964, and per-op errors are the same on the images int8 flips
+as on the others (the loss is spread, not an outlier input).
 """
 from __future__ import annotations
 
@@ -57,16 +60,17 @@ def convert(model, calibration: np.ndarray, validation: np.ndarray, target: floa
             path.write_bytes(built[kept])
             return search.agreement(reference, run(path, validation))
 
-    kept, trials = search.fewest(len(ops), measure, target)
+    aim = search.aim(target, len(validation))
+    kept, trials = search.fewest(len(ops), measure, aim)
     for trial in trials:
         trial["bytes"] = len(built[trial["kept"]])
     record = {
         "kept_float": "ops from the input, in graph order",
         "float_ops": [op["name"] for op in ops[:kept]],
         "ops": len(ops),
-        "target_agreement": target, "validation_images": len(validation),
+        "target_agreement": target, "validation_images": len(validation), "aim": round(aim, 4),
         "validation_agreement": next(t["agreement"] for t in trials if t["kept"] == kept),
-        "reached": any(t["kept"] == kept and t["agreement"] >= target for t in trials),
+        "reached": any(t["kept"] == kept and t["agreement"] >= aim for t in trials),
         "trials": trials,
         "worst_ops": [{"name": op["name"], "rmse_per_scale": op["rmse_per_scale"]}
                       for op in sorted(ops, key=lambda op: -op["rmse_per_scale"])[:RANKED_SHOWN]],

@@ -232,9 +232,9 @@ def _searched(digits_model, target_name, tmp_path):
 def _check_fewest(record):
     """The kept count is the smallest tried that reached the target, and every smaller one failed."""
     trials = {t["kept"]: t["agreement"] for t in record["trials"]}
-    kept = min(k for k, a in trials.items() if a >= record["target_agreement"])
+    kept = min(k for k, a in trials.items() if a >= record["aim"])
     assert record["trials"][0]["kept"] == 0
-    assert all(a < record["target_agreement"] for k, a in trials.items() if k < kept)
+    assert all(a < record["aim"] for k, a in trials.items() if k < kept)
     return kept
 
 
@@ -272,6 +272,13 @@ def test_search_bisects_to_the_fewest_kept_that_reach_the_target(answer):
     kept, trials = search.fewest(64, measure, 0.99)
     assert kept == answer and len(measured) <= 8  # log2(64) + 2 trials, never all 65
     assert [t["kept"] for t in trials] == measured and all(t["agreement"] < 0.99 for t in trials if t["kept"] < kept)
+
+
+def test_search_aims_above_the_target_by_the_validation_split_noise():
+    from targets import search
+
+    assert search.aim(0.99, 510) == pytest.approx(0.99 + (0.99 * 0.01 / 510) ** 0.5)
+    assert search.aim(0.99, 100) > search.aim(0.99, 10_000) > 0.99 and search.aim(1.0, 50) == 1.0
 
 
 def test_search_without_an_answer_returns_everything_kept_and_says_so():
