@@ -6,7 +6,7 @@ three default strategies, every TFLite and TF.js quantization. Prints, per strat
 artifact, its size and gzip size as a ratio to that target's float32 file, its agreement with
 Keras, its accuracy's distance from Keras and its batch-1 latency as a ratio to float32 (all
 measured in the same run), and records the bench's files in benchmarks/results/compression/.
-About 35 minutes on 2 CPU cores.
+About 31 minutes on 2 CPU cores.
 
     python benchmarks/compression.py [--run-folder DIR]
 """
