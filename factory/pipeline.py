@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from factory import (advisor, backbones, cache as cache_lib, classifier as classifier_lib, data as data_lib,
-                     distributed, manifest, preflight, staging, store, strategies)
+                     distributed, manifest, preflight, pruning, staging, store, strategies)
 from factory.evaluation import evaluate, evaluate_on_features
 from factory.progress import Reporter, Silent
 from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
@@ -72,6 +72,7 @@ class TrainedModel:
     classifier: classifier_lib.Classifier | None = None  # None for a model built outside the factory's graph
     variants: dict = field(default_factory=dict)  # models derived for export modes, by training step
     feature_cache: dict | None = None  # images found in the feature cache and extracted (cache.summary)
+    pruning: dict | None = None  # the sparsity pruning left (pruning.summary), when the spec prunes
 
     @property
     def test_accuracy(self) -> float:
@@ -87,6 +88,8 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     """
     if spec.strategy == "auto":
         _single_process("--strategy auto")
+    if spec.prune:
+        _single_process("--prune")
     keras.utils.set_random_seed(spec.seed)
     data = prepared.data
     cluster = distributed.cluster()
@@ -104,9 +107,11 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
             advice, spec, phases = _race(classifier, data, spec, features, reporter, session)
         else:
             phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
+        if spec.prune:
+            phases.append(pruning.prune(classifier, data, spec, reporter, session))
         if cluster.strategy is not None:
             classifier = _plain_copy(classifier, prepared, spec)
-        if spec.fine_tunes:
+        if spec.fine_tunes or spec.prune:
             test_probs = evaluate(classifier.model, data.test, reporter)
         else:  # the backbone is the frozen one whose features are cached: the head on them is the model
             test_probs = evaluate_on_features(classifier.head, features, data.test, reporter)
@@ -117,6 +122,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
         test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
         advice=advice, classifier=classifier, feature_cache=feature_cache,
+        pruning=pruning.summary(classifier, spec.prune) if spec.prune else None,
     )
 
 
@@ -164,7 +170,8 @@ def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> Train
     classifier.model.load_weights(str(weights_path))
     return TrainedModel(model=classifier.model, normalization=prepared.backbone.normalization,
                         test_probs=evaluate(classifier.model, prepared.data.test),
-                        test_labels=prepared.data.test.labels, spec=spec, classifier=classifier)
+                        test_labels=prepared.data.test.labels, spec=spec, classifier=classifier,
+                        pruning=pruning.summary(classifier, spec.prune) if spec.prune else None)
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -414,7 +421,8 @@ def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, tr
         "backbone": {"name": backbone.name, "input_size": backbone.input_size,
                      "normalization": backbone.normalization, "weights": backbone.source},
         "strategy": {"name": trained.spec.strategy, **classifier_lib.trainable_summary(trained.model),
-                     "phases": [p.as_dict() for p in trained.phases], "advice": trained.advice},
+                     "phases": [p.as_dict() for p in trained.phases], "advice": trained.advice,
+                     "pruning": trained.pruning},
         "hyperparameters": spec.hyperparameters(),
         "seed": spec.training.seed,
         "data": {"source": spec.data.source, "classes": data.class_names, "splits": data.sizes(),

@@ -82,6 +82,8 @@ class TrainingSpec:
     patience: int = 5  # early stopping: epochs without a better validation loss
     seed: int = DEFAULT_SEED  # of the weight initialization and the shuffling
     advisor_budget_s: float | None = None  # auto: the advisor's race stops its trials after this many seconds
+    prune: float = 0.0  # after training, zero this share of the backbone's convolution weights (0: off)
+    prune_epochs: int = 3  # training while pruning (the masks grow over its first two thirds)
 
     def __post_init__(self):
         choices = (*strategies.NAMES, "auto")
@@ -91,11 +93,12 @@ class TrainingSpec:
                f"--unfreeze-blocks {self.unfreeze_blocks} must be 0 or more")
         for option, value in (("--epochs", self.epochs), ("--fine-tune-epochs", self.fine_tune_epochs),
                               ("--learning-rate", self.learning_rate), ("--batch-size", self.batch_size),
-                              ("--patience", self.patience)):
+                              ("--patience", self.patience), ("--prune-epochs", self.prune_epochs)):
             _positive(value, option)
         _check(self.fine_tune_learning_rate is None or self.fine_tune_learning_rate > 0,
                "--fine-tune-learning-rate must be positive")
         _check(0 <= self.dropout < 1, f"--dropout {self.dropout} must be in [0, 1)")
+        _check(0 <= self.prune < 1, f"--prune {self.prune} must be a sparsity in [0, 1), e.g. 0.5")
         _check(self.advisor_budget_s is None or 0 < self.advisor_budget_s < float("inf"),
                f"--budget-s {self.advisor_budget_s} must be a positive number of seconds")
         _check(self.advisor_budget_s is None or self.strategy == "auto", "--budget-s applies to --strategy auto only")
@@ -217,6 +220,7 @@ class BuildSpec:
             "learning_rate": training.learning_rate, "fine_tune_learning_rate": training.backbone_learning_rate,
             "batch_size": training.batch_size, "dropout": training.dropout, "patience": training.patience,
             "seed": training.seed, "advisor_budget_s": training.advisor_budget_s,
+            "prune": training.prune, "prune_epochs": training.prune_epochs,
             "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
             "test_fraction": data.test_fraction, "strict_data": data.strict, "targets": list(export.targets),
             "quantize": list(export.quantize), "min_agreement": export.min_agreement,

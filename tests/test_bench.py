@@ -173,6 +173,16 @@ def test_pick_and_budget_logic():
     assert results_lib.pick(rows + [below_gate], 1.5, None)["strategy"] == "a"
 
 
+def test_a_strategy_cell_may_be_pruned():
+    cell = StrategyCell.parse("fine-tune:all+prune:0.5")
+    assert cell.training.strategy == "fine-tune" and cell.training.unfreeze is None and cell.training.prune == 0.5
+    assert cell.label == "full fine-tune, pruned 50%" and cell.slug == "fine-tune-all-prune-0.5"
+    assert StrategyCell.parse("fine-tune:all").training.prune == 0
+    for bad, message in (("feature-extraction+prune:half", "takes a sparsity"), ("fine-tune:2+prune:1", "--prune 1.0")):
+        with pytest.raises(FactoryError, match=message):
+            StrategyCell.parse(bad)
+
+
 def test_a_failing_artifact_is_recorded_and_the_grid_goes_on():
     from types import SimpleNamespace
 
@@ -192,7 +202,8 @@ def test_a_failing_artifact_is_recorded_and_the_grid_goes_on():
     assert row["status"] == "failed" and row["error"] == "RuntimeError: converter crashed"
 
 
-@pytest.mark.parametrize("spec", ["fine-tune", "fine-tune:0", "fine-tune:some", "linear-probe"])
+@pytest.mark.parametrize("spec", ["fine-tune", "fine-tune:0", "fine-tune:some", "linear-probe",
+                                  "prune:0.5+feature-extraction"])
 def test_bad_strategy_spec_is_one_line(tmp_path, spec):
     with pytest.raises(FactoryError, match="feature-extraction, fine-tune:K"):
         StrategyCell.parse(spec)

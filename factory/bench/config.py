@@ -12,7 +12,8 @@ from pathlib import Path
 from factory.specs import BackboneSpec, DataSpec, ExportSpec, TrainingSpec
 from targets.errors import FactoryError
 
-STRATEGY_HELP = "feature-extraction, fine-tune:K (top K blocks) or fine-tune:all"
+STRATEGY_HELP = ("feature-extraction, fine-tune:K (top K blocks) or fine-tune:all; add +prune:S to prune it to "
+                 "sparsity S (e.g. fine-tune:all+prune:0.5)")
 DEFAULT_STRATEGIES = ("feature-extraction", "fine-tune:2", "fine-tune:all")
 BENCH_INPUT_SIZE = 96  # keeps the grid quick; pass the size you deploy
 BENCH_LIMIT = 3000
@@ -30,6 +31,18 @@ class StrategyCell:
 
     @classmethod
     def parse(cls, name: str, base: TrainingSpec = BENCH_TRAINING) -> "StrategyCell":
+        strategy, plus, sparsity = name.partition("+prune:")
+        if not plus:
+            return cls._parse_strategy(name, base)
+        try:
+            pruned = dataclasses.replace(base, prune=float(sparsity))
+        except ValueError:
+            raise FactoryError(f"--strategy {name!r}: +prune:S takes a sparsity in [0, 1), e.g. 0.5") from None
+        cell = cls._parse_strategy(strategy, pruned)
+        return cls(name, f"{cell.label}, pruned {pruned.prune:.0%}", cell.training)
+
+    @classmethod
+    def _parse_strategy(cls, name: str, base: TrainingSpec) -> "StrategyCell":
         if name == "feature-extraction":
             return cls(name, "feature extraction", dataclasses.replace(base, strategy="feature-extraction"))
         kind, _, depth = name.partition(":")
@@ -43,7 +56,7 @@ class StrategyCell:
 
     @property
     def slug(self) -> str:
-        return self.name.replace(":", "-")
+        return self.name.replace(":", "-").replace("+", "-")
 
 
 @dataclass(frozen=True)

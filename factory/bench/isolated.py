@@ -99,4 +99,5 @@ def train_strategy(data, backbone, training, cache, weights_path: str, reporter)
         "status": "ok", "train_seconds": trained.train_seconds, **peak.as_dict(),
         **classifier_lib.trainable_summary(trained.model),
         "epochs_run": sum(p.epochs_run for p in trained.phases), "phases": [p.as_dict() for p in trained.phases],
+        **({"pruning": trained.pruning} if trained.pruning else {}),
     }

@@ -43,7 +43,7 @@ BUILD_HELP_GROUPS = {
     "Model": ("backbone", "weights", "input_size"),
     "Training": ("strategy", "unfreeze", "unfreeze_blocks", "gradual", "augment", "class_weights", "epochs",
                  "fine_tune_epochs", "learning_rate", "fine_tune_learning_rate", "batch_size", "patience",
-                 "budget_s", "resume"),
+                 "budget_s", "prune", "prune_epochs", "resume"),
     "Export": ("out", "target", "quantize", "min_agreement", "verify_images", "calibration_size", "int8_io",
                "qat_epochs", "latency_runs"),
     "Delivery": ("publish", "model_name", "version", "sign_key"),
@@ -106,6 +106,10 @@ def build(
     batch_size: int = typer.Option(TRAINING.batch_size, help="Images per training step."),
     patience: int = typer.Option(TRAINING.patience, help="Early stopping: epochs without validation-loss improvement."),
     budget_s: BudgetOption = None,
+    prune: float = typer.Option(TRAINING.prune, metavar="SPARSITY", help="After training, zero this share (e.g. "
+                                "0.5) of the backbone's convolution weights and train on: smaller gzip downloads "
+                                "(0: off)."),
+    prune_epochs: int = typer.Option(TRAINING.prune_epochs, help="Epochs of training while pruning."),
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,
     strict_data: bool = typer.Option(DataSpec.strict, help="Fail on the first unreadable image instead of skipping "
@@ -123,7 +127,7 @@ def build(
             strategy=strategy, unfreeze=_parse_unfreeze(unfreeze), unfreeze_blocks=unfreeze_blocks, gradual=gradual,
             augment=augment, class_weights=class_weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
             learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, batch_size=batch_size,
-            patience=patience, seed=seed, advisor_budget_s=budget_s),
+            patience=patience, seed=seed, advisor_budget_s=budget_s, prune=prune, prune_epochs=prune_epochs),
         export=ExportSpec(
             targets=tuple(target), quantize=tuple(quantize), min_agreement=min_agreement,
             calibration_size=calibration_size, int8_io=int8_io, qat_epochs=qat_epochs, latency_runs=latency_runs,
