@@ -25,8 +25,8 @@ from factory import (advisor, backbones, cache as cache_lib, classifier as class
                      distributed, manifest, preflight, pruning, staging, store, strategies)
 from factory.evaluation import evaluate, evaluate_on_features
 from factory.progress import Reporter, Silent
-from factory.specs import (BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, PublishSpec, TrainingSpec,
-                           weights_fingerprint)
+from factory.specs import (QAT_UNDOES_PRUNING, BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec,
+                           PublishSpec, TrainingSpec, weights_fingerprint)
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase
 from targets import parity
@@ -81,7 +81,8 @@ class TrainedModel:
 
 def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: CacheSpec = CacheSpec(),
           reporter: Reporter = Silent(), checkpoint: Path | None = None, resume: bool = False) -> TrainedModel:
-    """Build the classifier and train it with the spec's strategy (the advisor's, for auto).
+    """Build the classifier and train it with the spec's strategy (the advisor's, for auto),
+    then prune it when the spec asks (factory.pruning).
 
     With a `checkpoint` folder every finished phase and epoch is saved there, and `resume`
     continues from it; the caller removes it once the result is safe.
@@ -243,6 +244,8 @@ def model_for(mode: Mode, trained: TrainedModel, prepared: Prepared, spec: Expor
         return trained.model
     if mode.training != QUANTIZATION_AWARE:
         raise FactoryError(f"--quantize {mode.name} needs a training step this factory does not know: {mode.training}")
+    if trained.spec.prune:
+        raise FactoryError(QAT_UNDOES_PRUNING)
     if mode.training not in trained.variants:
         from factory import quantization_aware
 

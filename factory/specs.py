@@ -25,6 +25,8 @@ from targets import registry
 from targets.errors import FactoryError
 
 DEFAULT_SEED = 0
+QAT_UNDOES_PRUNING = ("--quantize qat retrains every weight of a pruned model and undoes --prune: use int8, "
+                      "dynamic or float16 with --prune")
 ADVISOR_COST_SHARE = 0.3  # the advisor's race costs at most this share of training every candidate fully
 
 
@@ -197,6 +199,7 @@ class BuildSpec:
     resume: bool = False  # continue an interrupted build from its checkpoint
 
     def __post_init__(self):
+        _check(not (self.training.prune and "qat" in self.export.quantize), QAT_UNDOES_PRUNING)
         _check(not (self.resume and self.training.strategy == "auto"),
                "--resume does not work with --strategy auto (its race is timed and may pick differently): run "
                "`factory advise`, then build and resume with the strategy it recommends")

@@ -106,12 +106,15 @@ def test_a_build_prints_no_tensorflow_log_lines(fashion_build):
 def test_the_summary_fits_80_columns(fashion_build):
     out, manifest, _, _ = fashion_build
     console = Console(width=80, record=True, file=io.StringIO())
-    build_cli._print_summary(manifest, out, console)
+    pruned = {**manifest["strategy"], "pruning": {"sparsity": 0.5, "pruned_layers": 100, "zero_share_of_model": 0.46}}
+    build_cli._print_summary({**manifest, "strategy": pruned}, out, console)
     lines = console.export_text().splitlines()
     assert max(map(len, lines)) <= 80
     float32 = artifact(manifest, "tflite", "float32")
-    cells = [[cell.strip() for cell in line.split("│")[1:3]] for line in lines]
-    assert ["tflite float32", f"{float32['accuracy']:.4f}"] in cells  # a row, not wrapped
+    cells = [[cell.strip() for cell in line.split("│")[1:6]] for line in lines]
+    assert ["tflite float32", f"{float32['accuracy']:.4f}", f"{float32['agreement']:.4f}",
+            build_cli.size_text(float32["bytes"]), build_cli.size_text(float32["gzip_bytes"])] in cells  # not wrapped
+    assert "pruned: 50% of the weights of 100 convolution layers are zero (46% of the model)" in lines
     assert "splits: 2,100 train, 300 validation, 600 test" in lines
 
 
@@ -149,6 +152,7 @@ main()
     (["--prune", "1"], "--prune 1.0 must be a sparsity in [0, 1)"),
     (["--prune", "nan"], "--prune nan must be a sparsity"),
     (["--prune", "0.5", "--prune-epochs", "0"], "--prune-epochs 0"),
+    (["--prune", "0.5", "--quantize", "qat"], "--quantize qat retrains every weight of a pruned model"),
     (["--publish", "store", "--model-name", "../up"], "--model-name '../up' is not allowed"),
     (["--publish", "store", "--sign-key", "/no/key.pem"], "--sign-key /no/key.pem: no such file"),
     (["--backbone", "mobilenet_v2", "--weights", "/no/w.h5"], "--weights /no/w.h5: no such file"),

@@ -152,28 +152,33 @@ def build(
 
 def _print_summary(manifest: dict, out: Path, console=console) -> None:
     """The build at a glance, in 80 columns: each model's test accuracy, agreement with Keras,
-    size, batch-1 latency and the time it took."""
+    size and gzip size, batch-1 latency and the time it took."""
     metrics, strategy = manifest["metrics"], manifest["strategy"]
     table = Table(title=f"{manifest['backbone']['name']} / {strategy['name']}")
-    for column in ("model", "accuracy", "agreement", "size", "p50", "time"):
+    for column in ("model", "accuracy", "agree", "size", "gzip", "p50", "time"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     table.add_row("keras", f"{metrics['keras_test_accuracy']:.4f}", "-", size_text(strategy["total_params"] * 4),
-                  "-", f"{metrics['train_seconds']:.1f} s")
+                  "-", "-", f"{metrics['train_seconds']:.0f} s")
     for a in manifest["artifacts"]:
         latency = f"{a['latency']['p50_ms']:.2f} ms" if a.get("latency") else "-"
         table.add_row(f"{a['target']} {a['quantize']}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
-                      size_text(a["bytes"]), latency, f"{a['convert_seconds']:.1f} s")
+                      size_text(a["bytes"]), size_text(a["gzip_bytes"]), latency, f"{a['convert_seconds']:.0f} s")
     console.print(table)
     splits = manifest["data"]["splits"]
     verified = min(a.get("verified_images", splits["test"]) for a in manifest["artifacts"])
     lines = [
         f"accuracy on {splits['test']:,} test images"
         + (f"; artifacts on a sample of {verified:,}" if verified < splits["test"] else ""),
+        "agree: top-1 agreement with keras; gzip: the files gzip-compressed (a download)",
         "time: data and training for keras, conversion for each artifact",
         f"splits: {splits['train']:,} train, {splits['validation']:,} validation, {splits['test']:,} test",
         f"trained: {strategy['trainable_params']:,} parameters in {strategy['trainable_layers']} layer(s)",
-        f"written to {out}",
     ]
+    pruning = strategy.get("pruning")
+    if pruning:
+        lines.append(f"pruned: {pruning['sparsity']:.0%} of the weights of {pruning['pruned_layers']} convolution "
+                     f"layers are zero ({pruning['zero_share_of_model']:.0%} of the model)")
+    lines.append(f"written to {out}")
     for line in lines:
         console.print(line, highlight=False)
 
