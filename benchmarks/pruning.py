@@ -1,11 +1,12 @@
 """Pruning: what `--prune` buys in download size, and what it costs in accuracy.
 
 `factory bench` on Fashion-MNIST, 3,000 images at 96 px split 1,500 train / 300 validation /
-1,200 test, EfficientNet-Lite0, feature extraction and full fine-tuning, each without and with pruning to 50% sparsity, every TFLite
-mode that needs no training and TF.js float16 and uint8. Prints, per artifact, its size and gzip
-size as ratios to the same target's float32 file of the unpruned strategy (what a download
-costs without pruning), its agreement with its own Keras model, and the Keras accuracy pruning
-gave up; records the bench's files in benchmarks/results/pruning/.
+1,200 test, EfficientNet-Lite0, feature extraction and full fine-tuning, each without and with pruning to 50% sparsity; TFLite float32,
+float16, dynamic and int8, TF.js float32, float16 and uint8. Prints, per artifact, its size and
+gzip size as ratios to the same target's float32 file of the unpruned strategy, its gzip size
+against that file's gzip size (the download without pruning), its agreement with its own Keras
+model, and the Keras accuracy pruning gave up; records the bench's files in
+benchmarks/results/pruning/.
 
     python benchmarks/pruning.py [--run-folder DIR]
 """
@@ -34,8 +35,8 @@ def ratio_table(results: dict) -> list[str]:
     """One markdown row per artifact, each compared with the unpruned strategy's float32 file."""
     rows = [r for r in results["artifacts"] if r["status"] == "ok"]
     keras = {s["strategy"]: s["keras_accuracy"] for s in results["strategies"] if s.get("status") == "ok"}
-    lines = ["| strategy | artifact | size | gzip size | agreement | keras accuracy (pt vs unpruned) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| strategy | artifact | size | gzip size | vs float32 gzip | agreement | keras accuracy (pt vs unpruned) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         unpruned = row["strategy"].partition("+")[0]
         base = next((r for r in rows if r["strategy"] == unpruned and r["target"] == row["target"]
@@ -44,7 +45,8 @@ def ratio_table(results: dict) -> list[str]:
             continue
         lines.append(
             f"| {row['strategy']} | {row['target']} {row['quantize']} | {row['bytes'] / base['bytes']:.3f}x "
-            f"| {row['gzip_bytes'] / base['bytes']:.3f}x | {row['agreement']:.4f} "
+            f"| {row['gzip_bytes'] / base['bytes']:.3f}x | {row['gzip_bytes'] / base['gzip_bytes']:.3f}x "
+            f"| {row['agreement']:.4f} "
             f"| {keras[row['strategy']]:.4f} ({100 * (keras[row['strategy']] - keras[unpruned]):+.2f}) |")
     return lines
 

@@ -87,15 +87,14 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     With a `checkpoint` folder every finished phase and epoch is saved there, and `resume`
     continues from it; the caller removes it once the result is safe.
     """
-    if spec.strategy == "auto":
-        _single_process("--strategy auto")
-    if spec.prune:
-        _single_process("--prune")
+    _single_process_options(spec)
     keras.utils.set_random_seed(spec.seed)
     data = prepared.data
     cluster = distributed.cluster()
     with cluster.scope():
         classifier = classifier_lib.build(prepared.backbone, len(data.class_names), spec.dropout)
+    if spec.prune:
+        pruning.prunable_layers(classifier)  # a backbone that cannot be pruned is refused before training
     extractor = classifier if cluster.strategy is None else classifier_lib.build(prepared.backbone, 1)
     start = time.perf_counter()
     advice = None
@@ -112,10 +111,10 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
             phases.append(pruning.prune(classifier, data, spec, reporter, session))
         if cluster.strategy is not None:
             classifier = _plain_copy(classifier, prepared, spec)
-        if spec.fine_tunes or spec.prune:
-            test_probs = evaluate(classifier.model, data.test, reporter)
-        else:  # the backbone is the frozen one whose features are cached: the head on them is the model
+        if spec.evaluates_on_features:  # the head on the cached features is the model
             test_probs = evaluate_on_features(classifier.head, features, data.test, reporter)
+        else:
+            test_probs = evaluate(classifier.model, data.test, reporter)
         feature_cache = cache_lib.summary(features)
     seconds = round(time.perf_counter() - start, 2)
     return TrainedModel(
@@ -140,7 +139,7 @@ def _plain_copy(trained: classifier_lib.Classifier, prepared: Prepared, spec: Tr
 def advise(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), cache: CacheSpec = CacheSpec(),
            reporter: Reporter = Silent()):
     """The advisor's verdict for this data: a measured race of the candidate strategies."""
-    _single_process("the advisor")
+    _single_process("the advisor", ADVISE_FIRST)
     keras.utils.set_random_seed(spec.seed)
     classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names), spec.dropout)
     with cache_lib.open_store(classifier, cache.store_folder) as features:
@@ -159,10 +158,20 @@ def _race(classifier, data, spec: TrainingSpec, features, reporter: Reporter, se
     return advice.as_dict(), chosen, phases
 
 
-def _single_process(what: str) -> None:
+ADVISE_FIRST = "run `factory advise` on one machine and pass its recommendation to the cluster build"
+
+
+def _single_process(what: str, remedy: str) -> None:
     if distributed.configured()[0] > 1:
-        raise FactoryError(f"{what} runs in one process, not across the workers of TF_CONFIG: run "
-                           "`factory advise` on one machine and pass its recommendation to the cluster build")
+        raise FactoryError(f"{what} runs in one process, not across the workers of TF_CONFIG: {remedy}")
+
+
+def _single_process_options(spec: TrainingSpec) -> None:
+    """The training options a multi-worker build refuses."""
+    if spec.strategy == "auto":
+        _single_process("--strategy auto", ADVISE_FIRST)
+    if spec.prune:
+        _single_process("--prune", "build on one machine")
 
 
 def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> TrainedModel:
@@ -386,8 +395,7 @@ class BuildResult:
 def build(spec: BuildSpec, reporter: Reporter = Silent()) -> BuildResult | None:
     """Every stage in order. In a multi-worker build (TF_CONFIG) every worker trains; only the
     chief exports, writes `out` and publishes, and the other workers return None."""
-    if spec.training.strategy == "auto":
-        _single_process("--strategy auto")
+    _single_process_options(spec.training)
     cluster = distributed.cluster()  # before any other TensorFlow op
     out = Path(spec.out)
     preflight.check_build(spec)

@@ -12,7 +12,8 @@ Choices, and the tfmot traps they avoid (measured on this toolchain):
   first two thirds of the run; the last third trains at the target sparsity.
 - every weight but BatchNorm's trains, at the fine-tuning learning rate (BatchNorm stays
   frozen and in inference mode); no early stopping, which would restore an earlier, denser
-  epoch.
+  epoch. The masks are applied once more at the end: the last optimizer step moves zeroed
+  weights off zero.
 """
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ def _sparsity_api():
 
 
 def prunable_layers(classifier: Classifier) -> list:
-    """The backbone's Conv2D layers (not depthwise), bottom to top, without the first."""
+    """The backbone's Conv2D layers (not depthwise), bottom to top, without the first; a
+    backbone without any (a hub: backbone is one opaque layer) is refused."""
     convolutions = [layer for layer in classifier.backbone_layers()
                     if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D)]
+    if len(convolutions) < 2:
+        raise FactoryError(f"--prune needs a backbone built as a Keras graph of Conv2D layers; "
+                           f"{classifier.backbone.name} has {len(convolutions)} (a hub: backbone is one opaque layer)")
     return convolutions[1:]
 
 
@@ -58,9 +63,6 @@ def schedule_steps(total_steps: int) -> tuple[int, int]:
 def prune(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, session: TrainingSession) -> Phase:
     """Prune `classifier`'s model in place to `spec.prune` sparsity (see the module notes)."""
     layers = prunable_layers(classifier)
-    if not layers:
-        raise FactoryError("--prune needs a backbone built as a Keras graph of Conv2D layers; "
-                           f"{classifier.backbone.name} has none to prune")
     sparsity = _sparsity_api()
     batch = feature_extraction.global_batch(spec)
     frequency, end_step = schedule_steps(spec.prune_epochs * math.ceil(len(data.train) / batch))
@@ -79,7 +81,10 @@ def prune(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
                     None, examples=len(data.train), name=name, epochs=spec.prune_epochs,
                     learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
                     reporter=reporter, class_weight=feature_extraction.class_weights(data, spec),
-                    backup_dir=backup_dir, callbacks=(sparsity.UpdatePruningStep(),))  # it re-masks after each epoch
+                    backup_dir=backup_dir, callbacks=(sparsity.UpdatePruningStep(),))
+        for wrapper in wrapped.layers:  # the last step moved zeroed weights (a resumed, finished fit: every one)
+            for weight, mask, _ in getattr(wrapper, "pruning_vars", ()):
+                weight.assign(weight * mask)
         val_probs = evaluate(classifier.model, data.val)
         return dataclasses.replace(phase, best_val_accuracy=float(np.mean(val_probs.argmax(1) == data.val.labels)))
 

@@ -25,8 +25,8 @@ from targets import registry
 from targets.errors import FactoryError
 
 DEFAULT_SEED = 0
-QAT_UNDOES_PRUNING = ("--quantize qat retrains every weight of a pruned model and undoes --prune: use int8, "
-                      "dynamic or float16 with --prune")
+QAT_UNDOES_PRUNING = ("--quantize qat retrains every weight of a pruned model and undoes --prune: use another "
+                      "mode with --prune")
 ADVISOR_COST_SHARE = 0.3  # the advisor's race costs at most this share of training every candidate fully
 
 
@@ -108,6 +108,11 @@ class TrainingSpec:
     @property
     def fine_tunes(self) -> bool:
         return self.strategy == "fine-tune"
+
+    @property
+    def evaluates_on_features(self) -> bool:
+        """The trained model's backbone is the frozen one whose features are cached."""
+        return not (self.fine_tunes or self.prune)
 
     @property
     def augments(self) -> bool:

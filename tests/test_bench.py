@@ -178,8 +178,8 @@ def test_a_strategy_cell_may_be_pruned():
     assert cell.training.strategy == "fine-tune" and cell.training.unfreeze is None and cell.training.prune == 0.5
     assert cell.label == "full fine-tune, pruned 50%" and cell.slug == "fine-tune-all-prune-0.5"
     assert StrategyCell.parse("fine-tune:all").training.prune == 0
-    for bad, message in (("feature-extraction+prune:half", "takes a sparsity"), ("fine-tune:2+prune:1", "--prune 1.0")):
-        with pytest.raises(FactoryError, match=message):
+    for bad in ("feature-extraction+prune:half", "fine-tune:2+prune:1", "fine-tune:2+prune:0", "fine-tune:2+prune:nan"):
+        with pytest.raises(FactoryError, match=r"\+prune:S takes a sparsity in \(0, 1\)"):
             StrategyCell.parse(bad)
 
 

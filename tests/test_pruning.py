@@ -1,12 +1,17 @@
 """--prune: the backbone's convolutions reach the asked sparsity, what should stay whole does,
 the model keeps its accuracy, and its artifacts agree with it and download smaller."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from tensorflow_model_optimization.sparsity import keras as sparsity
 
-from factory import backbones, classifier as classifier_lib, pipeline, pruning
-from factory.classifier import is_batch_norm
+from factory import backbones, classifier as classifier_lib, data as data_lib, pipeline, pruning
+from factory.classifier import Classifier, is_batch_norm
+from factory.progress import Silent
 from factory.specs import BackboneSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
+from factory.strategies.session import TrainingSession
+from factory.strategies.training import Phase
 from targets.errors import FactoryError
 from targets.tf_setup import keras, tf
 
@@ -32,8 +37,58 @@ def test_a_backbone_without_convolution_layers_is_refused_in_one_line(tmp_path):
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
     tf.saved_model.save(keras.Model(inputs, features), str(tmp_path / "saved"))
     hub_classifier = classifier_lib.build(backbones.resolve(BackboneSpec(f"hub:{tmp_path / 'saved'}", 32)), 3)
-    with pytest.raises(FactoryError, match="--prune needs a backbone built as a Keras graph"):
+    with pytest.raises(FactoryError, match="--prune needs a backbone built as a Keras graph.*has 0"):
         pruning.prune(hub_classifier, None, TrainingSpec(prune=SPARSITY), None, None)
+
+
+def small_cnn_classifier(num_classes: int) -> Classifier:
+    """The factory's graph shape (normalize, backbone convolutions, head) on a small CNN."""
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 128, offset=-1, name="normalize")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="stem")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
+    x = keras.layers.Conv2D(64, 1, activation="relu", name="pointwise")(x)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="factory_head_classifier")(features)
+    model = keras.Model(inputs, outputs)
+    return Classifier(model, keras.Model(inputs, features), None, SimpleNamespace(name="small-cnn"))
+
+
+def test_pruning_zeroes_the_classifiers_own_kernels_and_it_still_classifies(tmp_path):
+    digits = data_lib.load(DataSpec("digits"), 32)  # scikit-learn's 1,797 real handwritten digits
+    keras.utils.set_random_seed(0)
+    small = small_cnn_classifier(len(digits.class_names))
+    small.model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    small.model.fit(digits.train.load_images(), digits.train.labels, epochs=10, batch_size=32, verbose=0)
+    spec = TrainingSpec(prune=0.75, prune_epochs=3, fine_tune_learning_rate=1e-3)
+    phase = pruning.prune(small, digits, spec, Silent(), TrainingSession(small.model, tmp_path / "checkpoint"))
+    kernels = {layer.name: layer.weights[0].numpy() for layer in small.model.layers if layer.weights}
+    assert [l.name for l in pruning.prunable_layers(small)] == ["conv", "pointwise"]
+    for name in ("conv", "pointwise"):
+        assert np.mean(kernels[name] == 0) == pytest.approx(0.75, abs=0.01), name
+    for name in ("stem", "depthwise", "factory_head_classifier"):
+        assert np.mean(kernels[name] == 0) < 0.05, name
+    accuracy = np.mean(small.model.predict(digits.test.load_images(), verbose=0).argmax(1) == digits.test.labels)
+    assert accuracy > 0.7 and phase.best_val_accuracy > 0.7  # 10 classes: chance is 0.1
+    assert pruning.summary(small, 0.75)["sparsity"] == pytest.approx(0.75, abs=0.01)
+
+
+def test_a_phase_after_a_reverted_one_runs_and_resumes_from_the_reverted_weights(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    phase = lambda name: Phase(name, 1, 1, None, None, 0.0)  # noqa: E731
+
+    def steps(session, value_of_b):
+        for name, value in (("a", 1.0), ("b", value_of_b)):
+            session.run(name, lambda _: (model.set_weights([np.full((2, 1), value), np.zeros(1)]), phase(name))[1])
+        session.revert_last()  # b did not help
+        return session.run("c", lambda _: phase("c"))
+
+    first = TrainingSession(model, tmp_path, "recipe")
+    assert steps(first, 2.0).name == "c" and model.get_weights()[0][0, 0] == 1.0
+    model.set_weights([np.full((2, 1), 9.0), np.zeros(1)])
+    again = TrainingSession(model, tmp_path, "recipe", resume=True)  # every phase finished: nothing reruns
+    assert steps(again, 5.0).name == "c" and model.get_weights()[0][0, 0] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,12 @@ class StrategyCell:
         if not plus:
             return cls._parse_strategy(name, base)
         try:
-            pruned = dataclasses.replace(base, prune=float(sparsity))
+            value = float(sparsity)
         except ValueError:
-            raise FactoryError(f"--strategy {name!r}: +prune:S takes a sparsity in [0, 1), e.g. 0.5") from None
+            value = -1.0
+        if not 0 < value < 1:
+            raise FactoryError(f"--strategy {name!r}: +prune:S takes a sparsity in (0, 1), e.g. 0.5")
+        pruned = dataclasses.replace(base, prune=value)
         cell = cls._parse_strategy(strategy, pruned)
         return cls(name, f"{cell.label}, pruned {pruned.prune:.0%}", cell.training)
 

@@ -86,7 +86,7 @@ def _run_strategy(cell: StrategyCell, spec: BenchSpec, cache: CacheSpec, artifac
         results["artifacts"] += [_failed_artifact(cell, t.name, m.name, "training failed") for t, m in artifact_plan]
         progress.done(f"{cell.label}: no artifacts", len(artifact_plan))
         return
-    if cell.training.strategy == "feature-extraction":
+    if cell.training.evaluates_on_features:  # feature extraction, not pruned
         result.row["warm_cache_train_seconds"] = _warm_rebuild_seconds(prepared, cell, cache)
         if spec.advisor:  # the race reuses this cell's feature cache
             results["advice"] = _advise(prepared, spec, cache, reporter)

@@ -121,6 +121,7 @@ def finish(results: dict, budget_ms: float | None, budget_kb: float | None) -> N
     best = winner(results["strategies"])
     results["measured_winner"] = best["strategy"] if best else None
     advice = results["advice"]
+    best = winner([s for s in results["strategies"] if "+prune:" not in s["strategy"]])  # what the advisor races
     if best and advice and advice.get("strategy"):
         family = "feature-extraction" if best["strategy"] == "feature-extraction" else "fine-tune"
         tied = {_family(c["name"]) for c in advice["evidence"]["candidates"] if c["tied"]}

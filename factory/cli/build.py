@@ -176,8 +176,8 @@ def _print_summary(manifest: dict, out: Path, console=console) -> None:
     ]
     pruning = strategy.get("pruning")
     if pruning:
-        lines.append(f"pruned: {pruning['sparsity']:.0%} of the weights of {pruning['pruned_layers']} convolution "
-                     f"layers are zero ({pruning['zero_share_of_model']:.0%} of the model)")
+        lines.append(f"pruned: {pruning['sparsity']:.0%} zeros in {pruning['pruned_layers']} convolutions, "
+                     f"{pruning['zero_share_of_model']:.0%} of the model's weights")
     lines.append(f"written to {out}")
     for line in lines:
         console.print(line, highlight=False)

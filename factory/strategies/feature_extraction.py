@@ -45,7 +45,7 @@ def train_head(classifier: Classifier, data: Dataset, spec: TrainingSpec, report
                store: cache.FeatureStore) -> Phase:
     def run(backup_dir):
         with cache.scratch_folder(store.folder) as scratch:
-            train, val = cached_features(data, store, reporter, Path(scratch), spec.seed, with_test=not spec.fine_tunes)
+            train, val = cached_features(data, store, reporter, Path(scratch), spec.seed, with_test=spec.evaluates_on_features)
             batch = global_batch(spec)
             return fit(
                 classifier.head,

@@ -31,6 +31,7 @@ class TrainingSession:
         self.model, self.folder, self.fingerprint, self.writer = model, folder, fingerprint, writer
         self.done: list[Phase] = []
         self.snapshots: list[list] = []  # weights after each phase, for reverting a stage
+        self.phases_run = 0  # calls of run(), finished or resumed: a reverted phase still counts
         self.resumed = False
         if folder is None:
             return
@@ -58,7 +59,8 @@ class TrainingSession:
 
     def run(self, name: str, train: Callable[[Path | None], Phase]) -> Phase:
         """Run phase `name` (train(backup_dir) -> Phase) unless a resumed checkpoint finished it."""
-        index = len(self.snapshots)
+        index = self.phases_run
+        self.phases_run += 1
         finished = index < len(self.done)
         if finished:
             if self.done[index].name != name:
@@ -74,9 +76,11 @@ class TrainingSession:
         return phase
 
     def revert_last(self) -> None:
-        """Drop the last phase's result: weights go back to the phase before it."""
+        """Drop the last phase's result: weights go back to the phase before it (saved, so a
+        --resume goes on from them)."""
         self.snapshots.pop()
         self.model.set_weights(self.snapshots[-1])
+        self._save(self.snapshots[-1])
 
     def _save(self, weights: list) -> None:
         if self.folder is None or not self.writer:
