@@ -1,14 +1,15 @@
 """Pruning: what `--prune` buys in download size, and what it costs in accuracy.
 
 `factory bench` on Fashion-MNIST, 3,000 images at 96 px split 1,500 train / 300 validation /
-1,200 test, EfficientNet-Lite0, feature extraction and full fine-tuning, each without and with pruning to 50% sparsity; TFLite float32,
-float16, dynamic and int8, TF.js float32, float16 and uint8. Prints, per artifact, its size and
-gzip size as ratios to the same target's float32 file of the unpruned strategy, its gzip size
-against that file's gzip size (the download without pruning), its agreement with its own Keras
-model, and the Keras accuracy pruning gave up; records the bench's files in
-benchmarks/results/pruning/.
+1,200 test, EfficientNet-Lite0, the default strategies (or --strategy), each without and with
+pruning to 50% sparsity; TFLite float32, float16, dynamic and int8, TF.js float32, float16
+and uint8. Prints, per artifact, its size and gzip size as ratios to the same target's float32
+file of the unpruned strategy, its gzip size against that file's gzip size (the download
+without pruning), its agreement with its own Keras model and its accuracy's distance from it,
+and the Keras accuracy pruning gained or gave up; records the bench's files in
+benchmarks/results/pruning/<strategies>/.
 
-    python benchmarks/pruning.py [--run-folder DIR]
+    python benchmarks/pruning.py [--strategy NAME ...] [--run-folder DIR]
 """
 import argparse
 import dataclasses
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory.bench import grid  # noqa: E402
-from factory.bench.config import BENCH_EXPORT, BenchSpec  # noqa: E402
+from factory.bench.config import BENCH_EXPORT, DEFAULT_STRATEGIES, BenchSpec  # noqa: E402
 from factory.bench.report import PLOTS  # noqa: E402
 from factory.progress import Reporter  # noqa: E402
 from factory.specs import DataSpec  # noqa: E402
@@ -27,7 +28,7 @@ from factory.specs import DataSpec  # noqa: E402
 RECORDED = Path(__file__).parent / "results" / "pruning"
 FILES = ["results.json", "results.csv", "report.html", *PLOTS.values()]
 SPARSITY = 0.5
-STRATEGIES = ("feature-extraction", "fine-tune:all")
+STRATEGIES = DEFAULT_STRATEGIES
 MODES = ("float32", "float16", "dynamic", "int8", "uint8")
 
 
@@ -35,8 +36,8 @@ def ratio_table(results: dict) -> list[str]:
     """One markdown row per artifact, each compared with the unpruned strategy's float32 file."""
     rows = [r for r in results["artifacts"] if r["status"] == "ok"]
     keras = {s["strategy"]: s["keras_accuracy"] for s in results["strategies"] if s.get("status") == "ok"}
-    lines = ["| strategy | artifact | size | gzip size | vs float32 gzip | agreement | keras accuracy (pt vs unpruned) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | artifact | size | gzip size | vs float32 gzip | agreement | accuracy - keras (pt) "
+             "| keras accuracy (pt vs unpruned) |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         unpruned = row["strategy"].partition("+")[0]
         base = next((r for r in rows if r["strategy"] == unpruned and r["target"] == row["target"]
@@ -46,29 +47,32 @@ def ratio_table(results: dict) -> list[str]:
         lines.append(
             f"| {row['strategy']} | {row['target']} {row['quantize']} | {row['bytes'] / base['bytes']:.3f}x "
             f"| {row['gzip_bytes'] / base['bytes']:.3f}x | {row['gzip_bytes'] / base['gzip_bytes']:.3f}x "
-            f"| {row['agreement']:.4f} "
+            f"| {row['agreement']:.4f} | {100 * (row['accuracy'] - keras[row['strategy']]):+.2f} "
             f"| {keras[row['strategy']]:.4f} ({100 * (keras[row['strategy']] - keras[unpruned]):+.2f}) |")
     return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategy", action="append", help=f"default: {', '.join(STRATEGIES)}")
     parser.add_argument("--run-folder", type=Path,
                         default=Path("runs") / datetime.now().strftime("pruning-%Y%m%d-%H%M%S"))
     args = parser.parse_args()
-    strategies = [s for name in STRATEGIES for s in (name, f"{name}+prune:{SPARSITY}")]
+    chosen = args.strategy or STRATEGIES
+    strategies = [s for name in chosen for s in (name, f"{name}+prune:{SPARSITY}")]
+    recorded = RECORDED / "_".join(name.replace(":", "-") for name in chosen)
     spec = BenchSpec(DataSpec("fashion-mnist", limit=3000, test_fraction=0.4), args.run_folder,
                      strategies=tuple(strategies), export=dataclasses.replace(BENCH_EXPORT, quantize=MODES),
                      throughput_runs=0, baseline=False, advisor=False)
     with Reporter() as reporter:
         results = grid.run(spec, reporter)
-    RECORDED.mkdir(parents=True, exist_ok=True)
+    recorded.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        shutil.copy2(args.run_folder / name, RECORDED / name)
+        shutil.copy2(args.run_folder / name, recorded / name)
     table = "\n".join(ratio_table(results))
-    (RECORDED / "ratios.md").write_text(table + "\n")
+    (recorded / "ratios.md").write_text(table + "\n")
     print(table)
-    print(f"-> {args.run_folder}/report.html, recorded in {RECORDED}")
+    print(f"-> {args.run_folder}/report.html, recorded in {recorded}")
 
 
 if __name__ == "__main__":
