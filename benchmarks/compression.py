@@ -12,20 +12,16 @@ About 31 minutes on 2 CPU cores.
 """
 import argparse
 import dataclasses
-import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory.bench import grid  # noqa: E402
 from factory.bench.config import BENCH_EXPORT, BenchSpec  # noqa: E402
-from factory.bench.report import PLOTS  # noqa: E402
-from factory.progress import Reporter  # noqa: E402
 from factory.specs import DataSpec  # noqa: E402
+from recording import run_and_record  # noqa: E402
 
 RECORDED = Path(__file__).parent / "results" / "compression"
-FILES = ["results.json", "results.csv", "report.html", *PLOTS.values()]
 MODES = ("float32", "float16", "dynamic", "int8", "qat", "int16x8", "mixed", "uint8")
 
 
@@ -56,15 +52,7 @@ def main():
     spec = BenchSpec(DataSpec("fashion-mnist", limit=5100, test_fraction=0.4), args.run_folder,
                      export=dataclasses.replace(BENCH_EXPORT, quantize=MODES),
                      throughput_runs=0, baseline=False, advisor=False)
-    with Reporter() as reporter:
-        results = grid.run(spec, reporter)
-    RECORDED.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        shutil.copy2(args.run_folder / name, RECORDED / name)
-    table = "\n".join(ratio_table(results))
-    (RECORDED / "ratios.md").write_text(table + "\n")
-    print(table)
-    print(f"-> {args.run_folder}/report.html, recorded in {RECORDED}")
+    run_and_record(spec, RECORDED, ratio_table)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,16 @@ benchmarks/results/pruning/<strategies>/.
 """
 import argparse
 import dataclasses
-import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory.bench import grid  # noqa: E402
 from factory.bench.config import BENCH_EXPORT, DEFAULT_STRATEGIES, BenchSpec  # noqa: E402
-from factory.bench.report import PLOTS  # noqa: E402
-from factory.progress import Reporter  # noqa: E402
 from factory.specs import DataSpec  # noqa: E402
+from recording import run_and_record  # noqa: E402
 
 RECORDED = Path(__file__).parent / "results" / "pruning"
-FILES = ["results.json", "results.csv", "report.html", *PLOTS.values()]
 SPARSITY = 0.5
 STRATEGIES = DEFAULT_STRATEGIES
 MODES = ("float32", "float16", "dynamic", "int8", "uint8")
@@ -64,15 +60,7 @@ def main():
     spec = BenchSpec(DataSpec("fashion-mnist", limit=3000, test_fraction=0.4), args.run_folder,
                      strategies=tuple(strategies), export=dataclasses.replace(BENCH_EXPORT, quantize=MODES),
                      throughput_runs=0, baseline=False, advisor=False)
-    with Reporter() as reporter:
-        results = grid.run(spec, reporter)
-    recorded.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        shutil.copy2(args.run_folder / name, recorded / name)
-    table = "\n".join(ratio_table(results))
-    (recorded / "ratios.md").write_text(table + "\n")
-    print(table)
-    print(f"-> {args.run_folder}/report.html, recorded in {recorded}")
+    run_and_record(spec, recorded, ratio_table)
 
 
 if __name__ == "__main__":

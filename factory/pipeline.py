@@ -122,7 +122,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
         test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
         advice=advice, classifier=classifier, feature_cache=feature_cache,
-        pruning=pruning.summary(classifier, spec.prune) if spec.prune else None,
+        pruning=pruning.summary(classifier, spec.prune),
     )
 
 
@@ -181,7 +181,7 @@ def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> Train
     return TrainedModel(model=classifier.model, normalization=prepared.backbone.normalization,
                         test_probs=evaluate(classifier.model, prepared.data.test),
                         test_labels=prepared.data.test.labels, spec=spec, classifier=classifier,
-                        pruning=pruning.summary(classifier, spec.prune) if spec.prune else None)
+                        pruning=pruning.summary(classifier, spec.prune))
 
 
 # --- export -------------------------------------------------------------------------------------

@@ -91,9 +91,11 @@ def prune(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
     return session.run(name, train)
 
 
-def summary(classifier: Classifier, target: float) -> dict:
+def summary(classifier: Classifier, target: float) -> dict | None:
     """What pruning left, measured on the weights: the zeros among the pruned kernels and in the
-    whole model."""
+    whole model; None when the spec does not prune (`target` 0)."""
+    if not target:
+        return None
     kernels = [layer.kernel.numpy() for layer in prunable_layers(classifier)]
     pruned = sum(k.size for k in kernels)
     zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels)
