@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS extractors (
 
 def extractor_fingerprint(classifier, input_size: int) -> str:
     digest = hashlib.sha256(CACHE_VERSION.encode())
-    digest.update(repr((classifier.backbone.name, classifier.backbone.normalization, input_size,
+    digest.update(repr((classifier.backbone.name, classifier.backbone.preprocessing, input_size,
                         DECODE_VERSION)).encode())
     for weight in classifier.feature_model.weights:
         digest.update(weight.name.encode())

@@ -1,4 +1,5 @@
-"""The model the factory trains and exports: pixels -> normalize -> backbone -> head.
+"""The model the factory trains and exports: pixels -> normalize -> backbone -> head (a text
+encoder: token ids -> encoder -> head).
 
 One flat functional graph (backbone layers applied directly on the normalized input), so
 layers can be frozen one by one and tfmot can wrap them. The head's layers are shared with a
@@ -11,18 +12,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from factory import tokenizer
 from factory.backbones import Backbone
 from factory.specs import TrainingSpec
 from targets.tf_setup import keras, tf
 
 INPUT_NAME = "image"
+TEXT_INPUT_NAME = tokenizer.INPUT_NAME
 HEAD_PREFIX = "factory_head_"
 
 
 @dataclass
 class Classifier:
-    model: keras.Model  # pixels in [0, 255] -> class probabilities
-    feature_model: keras.Model  # pixels -> pooled backbone features
+    model: keras.Model  # pixels in [0, 255] (or token ids) -> class probabilities
+    feature_model: keras.Model  # pixels (or token ids) -> pooled backbone features
     head: keras.Model  # features -> class probabilities (shares the head layers of `model`)
     backbone: Backbone
 
@@ -35,7 +38,7 @@ class Classifier:
         ]
 
     def feature_fn(self):
-        """uint8 images -> pooled features (numpy), one compiled call per batch."""
+        """uint8 images (or token ids) -> pooled features (numpy), one compiled call per batch."""
         return inference_fn(self.feature_model)
 
     def features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -44,17 +47,21 @@ class Classifier:
 
 
 def inference_fn(model: keras.Model):
-    """images -> model outputs (numpy), in inference mode; a plain call, so it also runs outside
-    a multi-worker strategy's collective steps (each worker on its own batches)."""
-    call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+    """images (or token ids) -> model outputs (numpy), in inference mode; a plain call, so it also
+    runs outside a multi-worker strategy's collective steps (each worker on its own batches)."""
+    dtype = model.inputs[0].dtype
+    call = tf.function(lambda x: model(tf.cast(x, dtype), training=False), reduce_retracing=True)
     return lambda images: call(images).numpy()
 
 
 def build(backbone: Backbone, num_classes: int, dropout: float = TrainingSpec.dropout) -> Classifier:
     size = backbone.input_size
-    inputs = keras.Input((size, size, 3), name=INPUT_NAME)
-    normalized = keras.layers.Rescaling(backbone.scale, backbone.offset, name="normalize")(inputs)
-    features = backbone.build(normalized)
+    if backbone.tokenizer:
+        inputs = keras.Input((size,), dtype="int32", name=TEXT_INPUT_NAME)
+        features = backbone.build(inputs)
+    else:
+        inputs = keras.Input((size, size, 3), name=INPUT_NAME)
+        features = backbone.build(keras.layers.Rescaling(backbone.scale, backbone.offset, name="normalize")(inputs))
     drop = keras.layers.Dropout(dropout, name=HEAD_PREFIX + "dropout")
     dense = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_PREFIX + "classifier")
     model = keras.Model(inputs, dense(drop(features)), name="classifier")
@@ -96,8 +103,9 @@ def layer_groups(classifier: Classifier) -> list[tuple[str, list]]:
     """Backbone layers grouped into blocks, bottom to top: stem, block0 ... blockN, top.
 
     A block is a run of layers named `block<N>_...` or `block_<N>_...` (EfficientNet-Lite,
-    keras.applications); layers before the first block form "stem", after the last "top".
-    A backbone without numbered blocks (a hub layer) is one group.
+    keras.applications; MiniLM's transformer layers); layers before the first block form "stem",
+    after the last "top". A group without weights (MiniLM's pooling after its last layer) is
+    not counted. A backbone without numbered blocks (a hub layer) is one group.
     """
     groups: list[tuple[str, list]] = []
     seen_block = False
@@ -113,7 +121,7 @@ def layer_groups(classifier: Classifier) -> list[tuple[str, list]]:
         groups[-1][1].append(layer)
     if not seen_block:
         return [("backbone", classifier.backbone_layers())]
-    return groups
+    return [(name, layers) for name, layers in groups if any(layer.weights for layer in layers)]
 
 
 def unfreeze_top_blocks(classifier: Classifier, count: int) -> list[str]:

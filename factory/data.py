@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from factory import text_data as text_data_lib
+from factory.backbones import TEXT_BACKBONES, modality
 from factory.progress import Silent
 from targets.errors import FactoryError
 
@@ -91,25 +93,39 @@ def content_key(item, size: int) -> str:
 class Split:
     """Some examples of a source: what they are (`items`), their labels and content keys."""
 
-    items: list  # paths or arrays, decoded on demand
+    items: list  # paths or arrays (images) or strings (texts), decoded on demand
     labels: np.ndarray  # int64 [n]
     keys: list[str]  # content hash per example
-    input_size: int
+    input_size: int  # pixels of a square image, or tokens of a text
+    tokenizer: object = None  # texts: the encoder's tokenizer (factory.tokenizer.WordPiece), decoding to token ids
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def kind(self) -> str:
+        return "image" if self.tokenizer is None else "text"
+
+    @property
+    def example_shape(self) -> tuple:
+        return (self.input_size, self.input_size, 3) if self.tokenizer is None else (self.input_size,)
+
+    @property
+    def example_dtype(self):
+        return np.uint8 if self.tokenizer is None else np.int32
+
     def decode(self, position: int) -> np.ndarray:
+        if self.tokenizer is not None:
+            return self.tokenizer.encode([self.items[position]])[0]
         try:
             return decode(self.items[position], self.input_size, self.keys[position])
         except DECODE_ERRORS as exc:  # it decoded when listed: the file changed since
             raise FactoryError(f"unreadable image {self.items[position]} ({exc}); it changed during the build") from exc
 
     def load_images(self, positions=None) -> np.ndarray:
-        """Decoded uint8 images at `positions` (all when None): for a few examples, not a whole split."""
+        """Decoded examples at `positions` (all when None): for a few examples, not a whole split."""
         positions = range(len(self)) if positions is None else positions
-        size = self.input_size
-        images = np.empty((len(positions), size, size, 3), np.uint8)
+        images = np.empty((len(positions), *self.example_shape), self.example_dtype)
         with ThreadPoolExecutor(CHECK_THREADS) as pool:
             for i, image in enumerate(pool.map(self.decode, positions)):
                 images[i] = image
@@ -124,25 +140,25 @@ class Split:
     def subset(self, positions) -> "Split":
         positions = np.asarray(positions, dtype=np.int64)
         return Split([self.items[p] for p in positions], self.labels[positions],
-                     [self.keys[p] for p in positions], self.input_size)
+                     [self.keys[p] for p in positions], self.input_size, self.tokenizer)
 
     def dataset(self, batch_size: int, *, shuffle_seed: int | None = None, augment=None):
-        """A tf.data pipeline of (uint8 images, labels) batches, decoded in parallel as they are read.
+        """A tf.data pipeline of (examples, labels) batches, decoded in parallel as they are read.
 
         With `shuffle_seed` the order changes every epoch; `augment` (a Keras layer) is applied
         to each batch in the pipeline.
         """
         from targets.tf_setup import tf
 
-        size = self.input_size
+        shape, dtype = self.example_shape, tf.as_dtype(self.example_dtype)
         positions = tf.data.Dataset.from_tensor_slices((np.arange(len(self)), self.labels))
         if shuffle_seed is not None:
             positions = positions.shuffle(len(self), seed=shuffle_seed, reshuffle_each_iteration=True)
 
         def load(position, label):
-            image = tf.numpy_function(lambda p: self.decode(int(p)), [position], tf.uint8, stateful=False)
-            image.set_shape((size, size, 3))
-            return image, label
+            example = tf.numpy_function(lambda p: self.decode(int(p)), [position], dtype, stateful=False)
+            example.set_shape(shape)
+            return example, label
 
         data = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
         if augment is not None:
@@ -150,7 +166,7 @@ class Split:
         return data.prefetch(tf.data.AUTOTUNE)
 
     def batches(self, batch_size: int):
-        """(uint8 images, labels) numpy batches in order."""
+        """(examples, labels) numpy batches in order."""
         return self.dataset(batch_size).as_numpy_iterator()
 
 
@@ -171,10 +187,14 @@ class Dataset:
         return {"train": len(self.train), "validation": len(self.val), "test": len(self.test)}
 
 
-def load(spec, input_size: int, reporter=None) -> Dataset:
+def load(spec, input_size: int, reporter=None, tokenizer=None) -> Dataset:
     """List a DataSpec's source, keep a stratified `limit` of it, check and hash each example,
-    and split the list train/validation/test (nothing is decoded and kept)."""
+    and split the list train/validation/test (nothing is decoded and kept). A text source needs
+    the encoder's `tokenizer` (and an image source none): its texts are tokenized here."""
     source, seed = spec.source, spec.seed
+    check_kind(spec, text_model=tokenizer is not None)
+    if tokenizer is not None:
+        return _load_texts(spec, tokenizer)
     skipped = []
     if source in NAMED_SOURCES:
         items, labels, class_names = NAMED_SOURCES[source]()
@@ -210,6 +230,32 @@ def load(spec, input_size: int, reporter=None) -> Dataset:
                    val=everything.subset(val), test=everything.subset(test), skipped=skipped)
 
 
+def check_kind(spec, text_model: bool) -> None:
+    """Refuse text data for an image backbone and the reverse, in one line."""
+    text_data = text_data_lib.is_text_source(spec.source, spec.text_column)
+    if text_data and not text_model:
+        raise FactoryError(f"--data {spec.source} holds text but the backbone reads images: use a text encoder "
+                           f"(--backbone {' or '.join(TEXT_BACKBONES)})")
+    if text_model and not text_data:
+        raise FactoryError(f"--data {spec.source} holds no text (a class folder of .txt files, a .csv with a "
+                           f"{spec.text_column!r} column, or a .jsonl file) but the backbone is a text encoder")
+
+
+def _load_texts(spec, tokenizer) -> Dataset:
+    """A text source listed, subset and split like images; texts are tokenized as they are read,
+    and keyed by their UTF-8 bytes (the cache's extractor fingerprint holds the tokenizer's)."""
+    texts, labels, class_names, skipped = text_data_lib.list_texts(
+        spec.source, text_column=spec.text_column, label_column=spec.label_column, strict=spec.strict)
+    keep = stratified_subset(labels, spec.limit, spec.seed)
+    texts, labels = [texts[i] for i in keep], labels[keep]
+    _check_class_counts(labels, class_names, spec.source, "text(s)")
+    keys = [hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
+    everything = Split(texts, labels, keys, tokenizer.max_length, tokenizer)
+    train, val, test = _stratified_split(labels, spec.val_fraction, spec.test_fraction, spec.seed)
+    return Dataset(source=spec.source, class_names=class_names, train=everything.subset(train),
+                   val=everything.subset(val), test=everything.subset(test), skipped=skipped)
+
+
 def _try(function, *args):
     try:
         return function(*args), None
@@ -217,18 +263,22 @@ def _try(function, *args):
         return None, exc
 
 
-def check_source(source: str) -> None:
-    """Refuse a source that cannot be listed, without listing it: a missing folder, one without
-    class sub-folders or with only one, a labels file without its columns, a named source that
-    is not installed."""
+def check_source(spec, backbone: str) -> None:
+    """Refuse a DataSpec's source that cannot be listed, without listing it: a missing folder, one
+    without class sub-folders or with only one, a labels file without its columns, a named
+    source that is not installed, text for an image backbone (or the reverse)."""
+    source = spec.source
+    check_kind(spec, text_model=modality(backbone) == "text")
     if source in NAMED_SOURCES:
         if source == "fashion-mnist":
             _fashion_mnist_files()
+    elif text_data_lib.is_text_source(source, spec.text_column):
+        text_data_lib.check(source)
     elif _is_labels_file(Path(source)):
         with _open_labels_file(Path(source)) as rows:
             next(rows, None)
     else:
-        _class_dirs(Path(source))
+        class_dirs(Path(source))
 
 
 # --- a labels file: one row per image, its path (relative to the file's folder) and label ----
@@ -315,25 +365,25 @@ def _labels_file_source(path: Path, strict: bool):
     return items, np.asarray([index[n] for n in names]), class_names, skipped
 
 
-def _class_dirs(root: Path) -> list[Path]:
+def class_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise FactoryError(
             f"--data {root}: no such folder and not a named source ({', '.join(NAMED_SOURCES)})"
         )
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise FactoryError(f"--data {root}: no class sub-folders; put images in {root}/<class name>/")
-    if len(class_dirs) < 2:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise FactoryError(f"--data {root}: no class sub-folders; put images (or .txt files) in {root}/<class name>/")
+    if len(folders) < 2:
         raise FactoryError(
-            f"--data {root}: only one class ({class_dirs[0].name}); a classifier needs at least two class folders"
+            f"--data {root}: only one class ({folders[0].name}); a classifier needs at least two class folders"
         )
-    return class_dirs
+    return folders
 
 
 def _folder_source(root: Path):
-    class_dirs = _class_dirs(root)
+    folders = class_dirs(root)
     items, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
+    for label, class_dir in enumerate(folders):
         files = sorted(
             p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
@@ -343,7 +393,7 @@ def _folder_source(root: Path):
             )
         items += files
         labels += [label] * len(files)
-    return items, np.asarray(labels), [d.name for d in class_dirs]
+    return items, np.asarray(labels), [d.name for d in folders]
 
 
 def _digits():
@@ -402,12 +452,12 @@ def stratified_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.nd
     return np.sort(order[np.argsort(rank_in_class[order], kind="stable")][:limit])
 
 
-def _check_class_counts(labels: np.ndarray, class_names: list[str], source: str) -> None:
+def _check_class_counts(labels: np.ndarray, class_names: list[str], source: str, what: str = "image(s)") -> None:
     counts = np.bincount(labels, minlength=len(class_names))
     for name, count in zip(class_names, counts):
         if count < 3:
             raise FactoryError(
-                f"--data {source}: class {name!r} has {count} usable image(s); at least 3 are needed "
+                f"--data {source}: class {name!r} has {count} usable {what}; at least 3 are needed "
                 "(one each for train, validation and test)"
             )
 

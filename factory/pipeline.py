@@ -26,7 +26,7 @@ from factory import (advisor, backbones, cache as cache_lib, classifier as class
 from factory.evaluation import evaluate, evaluate_on_features
 from factory.progress import Reporter, Silent
 from factory.specs import (QAT_UNDOES_PRUNING, BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec,
-                           PublishSpec, TrainingSpec, weights_fingerprint)
+                           PublishSpec, TrainingSpec, check_modality, weights_fingerprint)
 from factory.strategies.session import TrainingSession
 from factory.strategies.training import Phase
 from targets import parity
@@ -49,7 +49,7 @@ class Prepared:
 
 def prepare(data: DataSpec, backbone: BackboneSpec = BackboneSpec(), reporter: Reporter = Silent()) -> Prepared:
     resolved = backbones.resolve(backbone)
-    dataset = data_lib.load(data, resolved.input_size, reporter)
+    dataset = data_lib.load(data, resolved.input_size, reporter, tokenizer=resolved.tokenizer)
     for line in dataset.skipped:
         reporter.note(f"skipped {line}", "yellow")
     return Prepared(data, backbone, resolved, dataset)
@@ -62,7 +62,7 @@ class TrainedModel:
     """A trained Keras model (RGB pixels in [0, 255] -> probabilities) and how it got there."""
 
     model: keras.Model
-    normalization: dict  # the backbone's, baked into the model's first layer
+    preprocessing: dict  # the backbone's input contract (Backbone.preprocessing)
     test_probs: np.ndarray  # its probabilities on the test split
     test_labels: np.ndarray
     spec: TrainingSpec  # as trained (auto resolved to the advisor's choice)
@@ -88,6 +88,9 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     continues from it; the caller removes it once the result is safe.
     """
     _single_process_options(spec)
+    check_modality(prepared.backbone.name, spec)
+    if prepared.backbone.tokenizer:
+        spec = dataclasses.replace(spec, augment=False)  # image augmentation: nothing to do on token ids
     keras.utils.set_random_seed(spec.seed)
     data = prepared.data
     cluster = distributed.cluster()
@@ -118,7 +121,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
         feature_cache = cache_lib.summary(features)
     seconds = round(time.perf_counter() - start, 2)
     return TrainedModel(
-        model=classifier.model, normalization=prepared.backbone.normalization,
+        model=classifier.model, preprocessing=prepared.backbone.preprocessing,
         test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
         advice=advice, classifier=classifier, feature_cache=feature_cache,
@@ -178,7 +181,7 @@ def restore(prepared: Prepared, spec: TrainingSpec, weights_path: Path) -> Train
     """A TrainedModel from weights saved by a training elsewhere (another process)."""
     classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names), spec.dropout)
     classifier.model.load_weights(str(weights_path))
-    return TrainedModel(model=classifier.model, normalization=prepared.backbone.normalization,
+    return TrainedModel(model=classifier.model, preprocessing=prepared.backbone.preprocessing,
                         test_probs=evaluate(classifier.model, prepared.data.test),
                         test_labels=prepared.data.test.labels, spec=spec, classifier=classifier,
                         pruning=pruning.summary(classifier, spec.prune))
@@ -235,7 +238,7 @@ class ArtifactReport:
 
 def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spec: ExportSpec,
                        plan: list[tuple]) -> ConversionContext:
-    """What the `plan`'s conversions need: labels, normalization, and the training images that
+    """What the `plan`'s conversions need: labels, the input contract, and the training examples that
     calibrate and validation images that searching modes measure on, when a mode needs them."""
     seed, data = prepared.data_spec.seed, prepared.data
     calibration = validation = None
@@ -243,8 +246,10 @@ def conversion_context(name: str, trained: TrainedModel, prepared: Prepared, spe
         calibration = data.train.sample(spec.calibration_size, seed)
     if any(mode.search for _, mode in plan):
         validation = data.val.sample(spec.verify_images, seed)
-    return ConversionContext(name=name, labels=data.class_names, normalization=trained.normalization,
-                             calibration=calibration, validation=validation, threshold=spec.threshold)
+    tokenizer = prepared.backbone.tokenizer
+    return ConversionContext(name=name, labels=data.class_names, preprocessing=trained.preprocessing,
+                             calibration=calibration, validation=validation, threshold=spec.threshold,
+                             vocab_file=tokenizer.folder / "vocab.txt" if tokenizer else None)
 
 
 def model_for(mode: Mode, trained: TrainedModel, prepared: Prepared, spec: ExportSpec, context) -> keras.Model:
@@ -309,6 +314,7 @@ def gate(report: ArtifactReport) -> None:
 def export(trained: TrainedModel, prepared: Prepared, spec: ExportSpec, out_dir: Path, *, name: str = "model",
            reporter: Reporter = Silent()) -> list[ArtifactReport]:
     """Every planned artifact: converted, verified, gated on agreement with Keras, then timed."""
+    check_modality(prepared.backbone.name, export=spec)
     plan = spec.plan()
     context = conversion_context(name, trained, prepared, spec, plan)
     out_dir = Path(out_dir)
@@ -334,7 +340,7 @@ def smallest(trained: TrainedModel, prepared: Prepared, target: Target, out_dir:
     threshold = spec.threshold(target.mode(SMALLEST))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".smallest-") as scratch:
         built = []
-        for mode in target.candidates():
+        for mode in target.candidates(text=context.vocab_file is not None):
             reporter.note(f"{target.name} smallest: converting {mode.name}")
             built.append((mode, convert(trained, prepared, target, mode, Path(scratch), context, spec)))
         built.sort(key=lambda pair: _bytes(pair[1].files))
@@ -429,15 +435,16 @@ def manifest_body(spec: BuildSpec, prepared: Prepared, trained: TrainedModel, tr
                   artifacts: list[dict]) -> dict:
     backbone, data = prepared.backbone, prepared.data
     return {
-        "backbone": {"name": backbone.name, "input_size": backbone.input_size,
-                     "normalization": backbone.normalization, "weights": backbone.source},
+        "backbone": {"name": backbone.name, "modality": backbone.modality, "input_size": backbone.input_size,
+                     "tokenizer" if backbone.tokenizer else "normalization": backbone.preprocessing,
+                     "weights": backbone.source},
         "strategy": {"name": trained.spec.strategy, **classifier_lib.trainable_summary(trained.model),
                      "phases": [p.as_dict() for p in trained.phases], "advice": trained.advice,
                      "pruning": trained.pruning},
         "hyperparameters": spec.hyperparameters(),
         "seed": spec.training.seed,
         "data": {"source": spec.data.source, "classes": data.class_names, "splits": data.sizes(),
-                 "skipped_images": len(data.skipped)},
+                 "skipped_examples": len(data.skipped)},
         "metrics": {"keras_test_accuracy": trained.test_accuracy, "train_seconds": train_seconds,
                     "feature_cache": trained.feature_cache},
         "artifacts": artifacts,

@@ -13,7 +13,7 @@ from targets.errors import FactoryError
 
 
 def check_build(spec: BuildSpec) -> None:
-    data_lib.check_source(spec.data.source)
+    data_lib.check_source(spec.data, spec.backbone.name)
     if spec.backbone.weights:
         _require_file("--weights", spec.backbone.weights)
     for target in spec.export.chosen_targets():

@@ -41,30 +41,41 @@ def _positive(value, option: str) -> None:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str  # a folder with one sub-folder per class, or a named source (fashion-mnist, digits)
+    source: str  # a class folder, a .csv / .jsonl file, or a named source (fashion-mnist, digits, debian-packages)
     limit: int | None = None  # a stratified subset of this many examples, before splitting
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     strict: bool = False  # fail on the first unreadable example instead of skipping it
     seed: int = DEFAULT_SEED  # of the subset and the split
+    text_column: str = "text"  # a text .csv / .jsonl: the column holding the text
+    label_column: str = "label"  # ... and the one holding its label
 
     def __post_init__(self):
         _check(bool(self.source), "--data is empty: pass a folder or a named source")
         _check(self.limit is None or self.limit >= 2, "--limit must be at least 2")
         _check(0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
                "--val-fraction and --test-fraction must be in (0, 1) and sum to less than 1")
+        _check(bool(self.text_column.strip()) and bool(self.label_column.strip())
+               and self.text_column.strip().lower() != self.label_column.strip().lower(),
+               "--text-column and --label-column must name two different columns")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str = backbones.DEFAULT_BACKBONE  # a registry name or hub:HANDLE_OR_DIR
-    input_size: int | None = None  # None: the backbone's native size
+    input_size: int | None = None  # pixels (text encoders: tokens per text); None: the backbone's default
     weights: str | None = None  # local weights file for keras.applications backbones
 
     def __post_init__(self):
         backbones.check_name(self.name)
-        _check(self.input_size is None or 32 <= self.input_size <= 1024,
-               f"--input-size {self.input_size} is out of range: use 32..1024 (e.g. 96 or 224)")
+        if backbones.modality(self.name) == "text":
+            low, high = backbones.TEXT_LENGTHS
+            _check(self.input_size is None or low <= self.input_size <= high,
+                   f"--input-size {self.input_size} is out of range for a text encoder: use {low}..{high} tokens "
+                   f"(default {backbones.DEFAULT_TEXT_LENGTH})")
+        else:
+            _check(self.input_size is None or 32 <= self.input_size <= 1024,
+                   f"--input-size {self.input_size} is out of range: use 32..1024 (e.g. 96 or 224)")
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,21 @@ class CacheSpec:
         return self.features_folder if self.enabled else None
 
 
+def check_modality(backbone: str, training: TrainingSpec | None = None, export: ExportSpec | None = None) -> None:
+    """The training options and export modes a text encoder refuses."""
+    if backbones.modality(backbone) != "text":
+        return
+    if training:
+        _check(not training.augment, "--augment flips, crops and rotates images: it does not apply to a text encoder")
+        _check(not training.prune, "--prune zeroes convolution weights: a text encoder has none (use it with an "
+               "image backbone)")
+    if export:
+        refused = [f"{target.name} {mode.name}" for target, mode in export.plan() if not mode.text]
+        offered = "; ".join(f"{t.name}: {', '.join(m.name for m in t.modes if m.text)}" for t in export.chosen_targets())
+        _check(not refused, f"--quantize: {', '.join(refused)} is not offered for a text encoder (its input is token "
+                            f"ids, nothing to calibrate); offered: {offered}")
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     """Everything `factory build` does: train on `data`, export to `out`, maybe publish."""
@@ -204,6 +230,7 @@ class BuildSpec:
     resume: bool = False  # continue an interrupted build from its checkpoint
 
     def __post_init__(self):
+        check_modality(self.backbone.name, self.training, self.export)
         _check(not (self.training.prune and "qat" in self.export.quantize), QAT_UNDOES_PRUNING)
         _check(not (self.resume and self.training.strategy == "auto"),
                "--resume does not work with --strategy auto (its race is timed and may pick differently): run "
@@ -230,7 +257,8 @@ class BuildSpec:
             "seed": training.seed, "advisor_budget_s": training.advisor_budget_s,
             "prune": training.prune, "prune_epochs": training.prune_epochs,
             "split_seed": data.seed, "limit": data.limit, "val_fraction": data.val_fraction,
-            "test_fraction": data.test_fraction, "strict_data": data.strict, "targets": list(export.targets),
+            "test_fraction": data.test_fraction, "strict_data": data.strict, "text_column": data.text_column,
+            "label_column": data.label_column, "targets": list(export.targets),
             "quantize": list(export.quantize), "min_agreement": export.min_agreement,
             "calibration_size": export.calibration_size, "int8_io": export.int8_io, "qat_epochs": export.qat_epochs,
             "qat_learning_rate": export.qat_learning_rate, "latency_runs": export.latency_runs,

@@ -1,7 +1,7 @@
 """What every target is: a table of modes, and convert / predict / time / describe.
 
-A target turns a trained Keras model (RGB pixels in [0, 255] -> class probabilities) into
-artifact files and runs those files in their own runtime. A new target is one module with a
+A target turns a trained Keras model (RGB pixels in [0, 255], or a text model's int32 token
+ids -> class probabilities) into artifact files and runs those files in their own runtime. A new target is one module with a
 `Target` subclass plus one line in targets/registry.py.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Mode:
     calibration: bool = False  # needs representative training images
     training: str | None = None  # a training step the model needs before converting
     search: bool = False  # searches on validation images for the smallest artifact reaching min_agreement
+    text: bool = True  # offered for a text model (int32 token ids in: nothing to calibrate on the input)
 
 
 QUANTIZATION_AWARE = "quantization-aware"  # the one training step a mode can need today
@@ -54,9 +55,12 @@ class ConversionContext:
 
     name: str  # model name, written into metadata
     labels: list[str]
-    normalization: dict  # {"scale", "offset", "input_range"}: normalized = pixel * scale + offset
-    calibration: np.ndarray | None = None  # uint8 training images, for modes that calibrate
-    validation: np.ndarray | None = None  # uint8 validation images, for modes that search
+    # images: {"scale", "offset", "input_range"} (normalized = pixel * scale + offset, in the graph);
+    # text: the tokenizer's contract (factory.tokenizer.WordPiece.contract), with "tokenizer"
+    preprocessing: dict
+    calibration: np.ndarray | None = None  # training examples (uint8 images, int32 token ids), for modes that calibrate
+    validation: np.ndarray | None = None  # validation examples, for modes that search
+    vocab_file: Path | None = None  # text models: the tokenizer's vocabulary, packed beside the labels
     # the agreement with Keras a mode's gate asks (a searching mode aims for it): the export's rule
     threshold: Callable[[Mode], float] = lambda mode: mode.min_agreement
 
@@ -68,9 +72,10 @@ class Target:
     def mode(self, name: str) -> Mode | None:
         return next((m for m in self.modes if m.name == name), None)
 
-    def candidates(self) -> list[Mode]:
-        """The modes --quantize smallest chooses from: every one needing no training step."""
-        return [m for m in self.modes if m.name != SMALLEST and m.training is None]
+    def candidates(self, text: bool = False) -> list[Mode]:
+        """The modes --quantize smallest chooses from: every one needing no training step (for a
+        text model, every one offered for text)."""
+        return [m for m in self.modes if m.name != SMALLEST and m.training is None and (m.text or not text)]
 
     def bench_modes(self) -> list[Mode]:
         return [m for m in self.modes if m.in_bench]
@@ -84,7 +89,8 @@ class Target:
         raise NotImplementedError
 
     def predict(self, artifact: Artifact, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for uint8 `images` [n, h, w, 3], computed by the artifact's runtime."""
+        """Class probabilities for uint8 `images` [n, h, w, 3] (a text model: int32 token ids [n, length]),
+        computed by the artifact's runtime."""
         raise NotImplementedError
 
     def latency(self, artifact: Artifact, *, runs: int, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:

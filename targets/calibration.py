@@ -1,13 +1,16 @@
-"""Calibration data for full-integer conversions: a representative subset of training images
-(drawn by the data stage) fed to the converter one by one."""
+"""Calibration data for full-integer conversions: a representative subset of training examples
+(drawn by the data stage) fed to the converter one by one: images as float32 pixels, a text
+model's token ids as they are (int32)."""
 from __future__ import annotations
 
 import numpy as np
 
 
-def representative_dataset(images: np.ndarray):
+def representative_dataset(examples: np.ndarray):
+    dtype = np.float32 if examples.dtype == np.uint8 else examples.dtype
+
     def generate():
-        for image in images:
-            yield [image[None].astype(np.float32)]
+        for example in examples:
+            yield [example[None].astype(dtype)]
 
     return generate

@@ -1,5 +1,8 @@
 """TF.js target: a graph model (model.json + weight shards), verified in Node with the wasm backend.
 
+A text model's folder also holds vocab.txt, and model.json's metadata the tokenizer's contract:
+targets/js/wordpiece.mjs turns text into the model's token ids in a page or in Node.
+
 Weights float32, float16, uint8 (affine-quantized, dequantized at load) or mixed (uint8 with the
 tensors uint8 hurts most in float16: targets/tfjs_mixed.py). Labels and the input
 contract go into model.json's `userDefinedMetadata`, so a page needs nothing else.
@@ -34,7 +37,8 @@ MODES = (
 JS_DIR = Path(__file__).parent / "js"
 RUNNER = JS_DIR / "run_tfjs.mjs"
 _DIST = JS_DIR / "node_modules" / "@tensorflow"
-BROWSER_FILES = {  # the TF.js bundle a page loads to run these artifacts: from npm, never a CDN
+BROWSER_FILES = {  # the TF.js bundle a page loads to run these artifacts (npm, never a CDN), and the tokenizer
+    "wordpiece.mjs": JS_DIR / "wordpiece.mjs",
     "tf.min.js": _DIST / "tfjs" / "dist" / "tf.min.js",
     "tf-backend-wasm.min.js": _DIST / "tfjs-backend-wasm" / "dist" / "tf-backend-wasm.min.js",
     "tfjs-backend-wasm.wasm": _DIST / "tfjs-backend-wasm" / "dist" / "tfjs-backend-wasm.wasm",
@@ -74,6 +78,8 @@ class TFJSTarget(Target):
                                             context.validation, context.threshold(mode), run_node)
         else:
             _convert_graph_model(model, folder, quantize, context)
+        if context.vocab_file:  # a text model: the page tokenizes with it (targets/js/wordpiece.mjs)
+            shutil.copyfile(context.vocab_file, folder / "vocab.txt")
         check_quantized(folder, quantize)
         files = sorted(p for p in folder.iterdir() if p.is_file())
         return Artifact(self.name, quantize, folder / "model.json", files, round(time.perf_counter() - start, 2),
@@ -84,9 +90,9 @@ class TFJSTarget(Target):
 
     def latency(self, artifact: Artifact, *, runs: int, warmup: int = 5, batch: int = 1, threads: int = 1) -> dict:
         _require_node()
-        size = json.loads(artifact.path.read_text())["userDefinedMetadata"]["edgefactory"]["input"]["size"]
-        command = ["node", str(RUNNER), "latency", str(artifact.path.parent), str(size[0]), str(size[1]),
-                   str(runs), str(warmup), str(batch)]
+        contract = json.loads(artifact.path.read_text())["userDefinedMetadata"]["edgefactory"]["input"]
+        command = ["node", str(RUNNER), "latency", str(artifact.path.parent), contract["dtype"],
+                   ",".join(map(str, contract["shape"])), str(runs), str(warmup), str(batch)]
         return run_timer(command, f"{artifact.path.parent.name} in Node")
 
     def describe(self, artifact: Artifact) -> dict:
@@ -100,16 +106,16 @@ def _convert_graph_model(model, folder: Path, quantize: str, context) -> None:
 
     from targets.tf_setup import tf
 
-    size = model.input_shape[1]
-    metadata = {
-        "edgefactory": {
-            "name": context.name,
-            "labels": context.labels,
-            "input": {"size": [size, size], "channels": "RGB", "pixel_range": [0, 255], "dtype": "float32"},
-            "normalization_in_graph": context.normalization,
-            "output": "probabilities",
-        }
-    }
+    shape = list(model.input_shape[1:])
+    if context.vocab_file:  # a text model: int32 token ids, the tokenizer's contract and vocabulary
+        contract = {"input": {"shape": shape, "dtype": "int32", "name": context.preprocessing["input"]},
+                    "tokenizer": context.preprocessing}
+    else:
+        contract = {"input": {"shape": shape, "size": shape[:2], "channels": "RGB", "pixel_range": [0, 255],
+                              "dtype": "uint8"},
+                    "normalization_in_graph": context.preprocessing}
+    metadata = {"edgefactory": {"name": context.name, "labels": context.labels, **contract,
+                                "output": "probabilities"}}
     with tempfile.TemporaryDirectory() as saved, native_logs_filtered():
         tf.saved_model.save(model, saved)
         try:
@@ -142,15 +148,18 @@ def _require_node() -> None:
         raise FactoryError(problem)
 
 
-def run_node(model_dir: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities for uint8 `images` from the TF.js model in `model_dir`, computed in Node."""
+def run_node(model_dir: Path, examples: np.ndarray) -> np.ndarray:
+    """Probabilities for uint8 images (or a text model's int32 token ids) from the TF.js model in
+    `model_dir`, computed in Node."""
     _require_node()
-    n, h, w, _ = images.shape
+    n = len(examples)
+    dtype = "int32" if examples.dtype == np.int32 else "uint8"
     with tempfile.TemporaryDirectory() as tmp:
-        inputs, outputs = Path(tmp) / "images.bin", Path(tmp) / "probs.bin"
-        np.ascontiguousarray(images, dtype=np.uint8).tofile(inputs)
+        inputs, outputs = Path(tmp) / "examples.bin", Path(tmp) / "probs.bin"
+        np.ascontiguousarray(examples, dtype=dtype).tofile(inputs)
         result = subprocess.run(
-            ["node", str(RUNNER), "predict", str(model_dir), str(inputs), str(n), str(h), str(w), str(outputs)],
+            ["node", str(RUNNER), "predict", str(model_dir), str(inputs), dtype,
+             ",".join(map(str, examples.shape[1:])), str(outputs)],
             capture_output=True, text=True,
         )
         if result.returncode != 0:

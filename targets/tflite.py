@@ -30,11 +30,11 @@ MODES = (
     Mode("int8", 0.94, "int8 weights and activations calibrated on training images; uint8 (--int8-io: int8) "
          "input/output", calibration=True),
     Mode("qat", 0.94, "int8 as above, after quantization-aware training", calibration=True,
-         training=QUANTIZATION_AWARE),
+         training=QUANTIZATION_AWARE, text=False),
     Mode("int16x8", 0.94, "int8 weights, int16 activations calibrated on training images; float32 input/output "
-         "(LiteRT's int16 kernels are slow on CPUs)", calibration=True),
+         "(LiteRT's int16 kernels are slow on CPUs)", calibration=True, text=False),
     Mode("mixed", 0.99, "int8 with the fewest ops from the input kept float that reach the agreement target on "
-         "validation images; float32 input/output", calibration=True, search=True),
+         "validation images; float32 input/output", calibration=True, search=True, text=False),
     smallest_mode(needs_calibration=True),
 )
 _MODES = {m.name: m for m in MODES}
@@ -61,7 +61,8 @@ class TFLiteTarget(Target):
             flatbuffer = self._convert(model, mode, context)
         path = Path(out_dir) / f"model_{mode}.tflite"
         path.write_bytes(flatbuffer)
-        tflite_metadata.attach(path, labels=context.labels, name=context.name)
+        tflite_metadata.attach(path, labels=context.labels, name=context.name, vocab_file=context.vocab_file,
+                               text=context.preprocessing if context.vocab_file else None)
         check_quantized(path, mode, self.int8_io)
         return Artifact(self.name, mode, path, [path], round(time.perf_counter() - start, 2), record)
 
@@ -133,13 +134,15 @@ def check_quantized(path: Path, quantize: str, int8_io: str = "uint8") -> dict:
     """Fail if the file does not hold the number types `quantize` promises (a no-op quantization)."""
     types = tensor_types(path)
     tensors = set(types["tensors"])
+    text = types["input"] == "int32"  # a text model's token ids stay int32 in every mode
+    float_input = text or types["input"] == "float32"
     expected = {
-        "float32": types["input"] == "float32" and not tensors & {"int8", "float16"},
-        "float16": types["input"] == "float32" and "float16" in tensors,
-        "dynamic": types["input"] == "float32" and "int8" in tensors,
-        "int8": types["input"] == int8_io and types["output"] == int8_io and "int8" in tensors,
-        "int16x8": types["input"] == "float32" and {"int8", "int16"} <= tensors,
-        "mixed": types["input"] == "float32" and "int8" in tensors,
+        "float32": float_input and not tensors & {"int8", "float16"},
+        "float16": float_input and "float16" in tensors,
+        "dynamic": float_input and "int8" in tensors,
+        "int8": (text or types["input"] == int8_io) and types["output"] == int8_io and "int8" in tensors,
+        "int16x8": float_input and {"int8", "int16"} <= tensors,
+        "mixed": float_input and "int8" in tensors,
     }
     if not expected["int8" if full_integer(quantize) else quantize]:
         raise FactoryError(
@@ -168,7 +171,7 @@ def run_interpreter(path: Path, images: np.ndarray, batch_size: int = 32) -> np.
 
 def _quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
     dtype = detail["dtype"]
-    if dtype in (np.float32, np.float16):
+    if dtype in (np.float32, np.float16, np.int32):  # pixels, or a text model's token ids
         return batch.astype(dtype)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(dtype)

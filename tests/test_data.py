@@ -134,9 +134,9 @@ def test_a_bad_labels_file_is_one_clear_error(tmp_path, image_folder, text, mess
 
 def test_a_labels_file_is_checked_before_any_work(tmp_path, image_folder):
     with pytest.raises(FactoryError, match="no such file"):
-        data.check_source(str(tmp_path / "none.csv"))
+        data.check_source(DataSpec(str(tmp_path / "none.csv")), "efficientnet_lite0")
     with pytest.raises(FactoryError, match="no path and label columns"):
-        data.check_source(str(labels_file(tmp_path, image_folder, "a,b,c\n")))
+        data.check_source(DataSpec(str(labels_file(tmp_path, image_folder, "a,b,c\n"))), "efficientnet_lite0")
     path = labels_file(tmp_path, image_folder, (tmp_path / "x").as_posix() + ".bin\n")
     with pytest.raises(FactoryError, match="give two columns without a header"):
-        data.check_source(str(path))
+        data.check_source(DataSpec(str(path)), "efficientnet_lite0")

@@ -48,7 +48,7 @@ def digits_model():
     model.get_layer("conv1").trainable = False
     probs = model.predict(digits.test.load_images(), verbose=0)
     assert np.mean(probs.argmax(1) == digits.test.labels) > 0.8
-    context = ConversionContext(name="digits", labels=digits.class_names, normalization=NORMALIZATION,
+    context = ConversionContext(name="digits", labels=digits.class_names, preprocessing=NORMALIZATION,
                                 calibration=digits.train.sample(100, seed=0), validation=digits.val.load_images())
     return model, digits, probs, context
 

@@ -1,16 +1,21 @@
 """Backbone registry: a name (or `hub:` handle) -> a Backbone that builds features on a tensor.
 
-Every backbone carries its input size and the normalization its weights expect; the factory
+An image backbone carries its input size and the normalization its weights expect; the factory
 bakes that normalization into the exported model, so apps feed plain RGB pixels in [0, 255].
+A text encoder carries its tokenizer instead: apps feed its token ids (factory.tokenizer).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+from factory.tokenizer import WordPiece
 from targets.errors import FactoryError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+TEXT_BACKBONES = ("minilm_l6",)
+TEXT_LENGTHS = (8, 512)  # tokens per text a text encoder accepts (its position table)
+DEFAULT_TEXT_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,17 @@ class Backbone:
     offset: float
     build: Callable  # build(normalized_tensor) -> pooled feature tensor; layers applied in place
     source: str  # where the weights came from, for the manifest
+    tokenizer: WordPiece | None = None  # text encoders: text -> token ids (input_size tokens)
 
     @property
-    def normalization(self) -> dict:
+    def modality(self) -> str:
+        return "text" if self.tokenizer else "image"
+
+    @property
+    def preprocessing(self) -> dict:
+        """What an app does before the model: feed pixels (normalized in the graph) or token ids."""
+        if self.tokenizer:
+            return self.tokenizer.contract()
         return {"scale": self.scale, "offset": self.offset, "input_range": [0, 255]}
 
 
@@ -46,6 +59,18 @@ def _efficientnet_lite(variant: str):
     return make
 
 
+def _minilm(input_size: int | None, weights: str | None) -> Backbone:
+    from factory.backbones import minilm
+
+    if weights:
+        raise FactoryError("--weights is not used with minilm_l6: its weights are bundled")
+    folder = minilm.model_dir()
+    length = input_size or DEFAULT_TEXT_LENGTH
+    return Backbone(name="minilm_l6", input_size=length, scale=1.0, offset=0.0, build=minilm.build,
+                    source=f"{minilm.PACKAGE}/model/model.safetensors (all-MiniLM-L6-v2)",
+                    tokenizer=WordPiece(folder, length))
+
+
 def _keras_app(name: str):
     def make(input_size: int | None, weights: str | None) -> Backbone:
         from factory.backbones import keras_apps
@@ -59,6 +84,7 @@ REGISTRY: dict[str, Callable[[int | None, str | None], Backbone]] = {
     "efficientnet_lite0": _efficientnet_lite("lite0"),
     "efficientnet_lite1": _efficientnet_lite("lite1"),
     "efficientnet_lite2": _efficientnet_lite("lite2"),
+    "minilm_l6": _minilm,
 }
 
 
@@ -74,6 +100,11 @@ _register_keras_apps()
 
 def names() -> list[str]:
     return sorted(REGISTRY) + ["hub:<TF Hub handle or SavedModel dir>"]
+
+
+def modality(name: str) -> str:
+    """What a backbone reads, known from its name: "text" or "image"."""
+    return "text" if name in TEXT_BACKBONES else "image"
 
 
 def check_name(name: str) -> None:

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.specs import BackboneSpec, DataSpec, ExportSpec, TrainingSpec
+from factory import backbones
+from factory.specs import BackboneSpec, DataSpec, ExportSpec, TrainingSpec, check_modality
 from targets.errors import FactoryError
 
 STRATEGY_HELP = ("feature-extraction, fine-tune:K (top K blocks) or fine-tune:all; add +prune:S to prune it to "
@@ -82,6 +83,9 @@ class BenchSpec:
 
     def __post_init__(self):
         cells = tuple(StrategyCell.parse(name, self.training) for name in dict.fromkeys(self.strategies))
+        for cell in cells:
+            check_modality(self.backbone.name, cell.training)
+        check_modality(self.backbone.name, export=self.export)
         object.__setattr__(self, "cells", cells)
         if not cells:
             raise FactoryError(f"no strategies to run: pass --strategy ({STRATEGY_HELP})")
@@ -91,10 +95,12 @@ class BenchSpec:
             raise FactoryError("--latency-runs must be at least 1 for a benchmark")
 
     def plan(self) -> list[tuple]:
-        """(target, mode) pairs: the requested modes, or else every target's bench modes."""
+        """(target, mode) pairs: the requested modes, or else every target's bench modes (a text
+        encoder's: those offered for text)."""
         if self.export.quantize:
             return self.export.plan()
-        return [(t, m) for t in self.export.chosen_targets() for m in t.bench_modes()]
+        text = backbones.modality(self.backbone.name) == "text"
+        return [(t, m) for t in self.export.chosen_targets() for m in t.bench_modes() if m.text or not text]
 
     def timings(self, target, artifact) -> dict:
         """Batch-1 latency and larger-batch throughput, each in a fresh process of the runtime."""

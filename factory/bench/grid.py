@@ -172,6 +172,9 @@ def _advise(prepared, spec: BenchSpec, cache: CacheSpec, reporter) -> dict:
 
 
 def _baseline(prepared, spec: BenchSpec, scratch: Path, reporter) -> dict:
+    if prepared.backbone.tokenizer:  # text: the classic recipe without a network
+        reporter.note(baseline.TFIDF_LABEL, "bold")
+        return baseline.tfidf(prepared)
     reporter.note(baseline.LABEL, "bold")
     row = {"strategy": baseline.NAME, "strategy_label": baseline.LABEL}
     try:

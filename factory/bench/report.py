@@ -281,7 +281,8 @@ def html_report(results: dict, out: Path) -> str:
     parts = [f"<h1>edgefactory benchmark: {html.escape(config['backbone'])} on {html.escape(data['source'])}</h1>",
              f"<p class='ship'>{html.escape(ship_line(results))}</p>",
              (f"<p>{html.escape(results['created'])}, {results.get('seconds', 0):.0f} s in all. Splits: "
-              f"{splits}; {len(data['classes'])} classes, input {data['input_size']} px.</p>")]
+              f"{splits}; {len(data['classes'])} classes, input {data['input_size']} "
+              f"{'tokens' if data.get('kind') == 'text' else 'px'}.</p>")]
     parts.append("<h2>Which strategy, which artifact</h2>" + _summary_html(results))
     if (results.get("advice") or {}).get("evidence"):
         from factory.advisor import table_lines

@@ -20,7 +20,7 @@ def new(spec, dataset) -> dict:
         "machine": machine(),
         "versions": manifest.package_versions(),
         "data": {"source": spec.data.source, "classes": dataset.class_names, "splits": dataset.sizes(),
-                 "input_size": dataset.input_size},
+                 "input_size": dataset.input_size, "kind": dataset.train.kind},
         "strategies": [], "artifacts": [], "baseline": None, "advice": None,
     }
 

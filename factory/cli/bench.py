@@ -27,8 +27,9 @@ def bench(
     out: Optional[Path] = typer.Option(None, help="Run folder for results, plots and report (default: runs/bench-TIME)."),
     backbone: BackboneOption = DEFAULT_BACKBONE,
     weights: WeightsOption = None,
-    input_size: Optional[int] = typer.Option(BENCH_INPUT_SIZE, help="Square input size in pixels (small keeps "
-                                             "the grid quick; pass the size you deploy)."),
+    input_size: Optional[int] = typer.Option(BENCH_INPUT_SIZE, help="Square input size in pixels, or tokens per "
+                                             "text for a text encoder (small keeps the grid quick; pass the size "
+                                             "you deploy)."),
     limit: LimitOption = BENCH_LIMIT,
     test_fraction: float = typer.Option(DataSpec.test_fraction, help="Share of the examples held out for testing "
                                         "(a larger test split measures agreement more finely)."),
@@ -52,7 +53,8 @@ def bench(
     throughput_batch: int = typer.Option(BenchSpec.throughput_batch, help="Batch size for the throughput "
                                          "measurement."),
     throughput_runs: int = typer.Option(BenchSpec.throughput_runs, help="Timing runs at --throughput-batch (0: skip)."),
-    baseline: bool = typer.Option(BenchSpec.baseline, help="Also run the plain hub.KerasLayer recipe for comparison."),
+    baseline: bool = typer.Option(BenchSpec.baseline, help="Also run the plain recipe for comparison (images: a "
+                                  "frozen hub.KerasLayer fit; text: TF-IDF + logistic regression)."),
     advisor: bool = typer.Option(BenchSpec.advisor, help="Run the advisor and check its recommendation against "
                                  "the winner."),
     keep_artifacts: bool = typer.Option(False, help="Keep every artifact under RUN/artifacts (default: results "
@@ -93,8 +95,9 @@ def _print_bench(results: dict, run_folder: Path) -> None:
     from factory.bench import report
 
     # 80 columns: the report and results.csv hold every column (p90, throughput, conversion time)
+    examples = "texts" if results["data"].get("kind") == "text" else "images"
     table = Table(title=f"{results['config']['backbone']} on {results['data']['source']} "
-                        f"({results['data']['splits']['test']:,} test images)", box=None, pad_edge=False)
+                        f"({results['data']['splits']['test']:,} test {examples})", box=None, pad_edge=False)
     for column in ("strategy", "artifact", "accuracy", "agrees", "p50 ms", "MB", "Pareto"):
         table.add_column(column, justify="left" if column in ("strategy", "artifact") else "right", no_wrap=True)
     body, classes = report.artifact_table_rows(results)

@@ -9,9 +9,9 @@ from rich.table import Table
 
 from factory import preflight
 from factory.backbones import DEFAULT_BACKBONE
-from factory.cli.common import (BackboneOption, BudgetOption, DataOption, Debug, InputSizeOption, LimitOption, Quiet,
-                                SeedOption, WeightsOption, app, config_defaults, console, data_and_backbone, grouped_help,
-                                modes_help, one_line_errors, size_text)
+from factory.cli.common import (BackboneOption, BudgetOption, DataOption, Debug, InputSizeOption, LabelColumnOption,
+                                LimitOption, Quiet, SeedOption, TextColumnOption, WeightsOption, app, config_defaults,
+                                console, data_and_backbone, grouped_help, modes_help, one_line_errors, size_text)
 from factory.specs import DEFAULT_SEED, BuildSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
 from targets import registry
 from targets.errors import FactoryError
@@ -39,7 +39,7 @@ def _parse_unfreeze(value: str) -> int | None:
 
 BUILD_HELP_GROUPS = {
     "Recipe": ("config",),
-    "Data": ("data", "limit", "seed", "strict_data", "cache", "cache_dir"),
+    "Data": ("data", "text_column", "label_column", "limit", "seed", "strict_data", "cache", "cache_dir"),
     "Model": ("backbone", "weights", "input_size"),
     "Training": ("strategy", "unfreeze", "unfreeze_blocks", "gradual", "augment", "class_weights", "epochs",
                  "fine_tune_epochs", "learning_rate", "fine_tune_learning_rate", "batch_size", "patience",
@@ -112,15 +112,18 @@ def build(
     prune_epochs: int = typer.Option(TRAINING.prune_epochs, help="Epochs of training while pruning."),
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,
-    strict_data: bool = typer.Option(DataSpec.strict, help="Fail on the first unreadable image instead of skipping "
-                                     "it."),
+    strict_data: bool = typer.Option(DataSpec.strict, help="Fail on the first unusable example (an unreadable "
+                                     "image, an empty text, a row without a label) instead of skipping it."),
+    text_column: TextColumnOption = DataSpec.text_column,
+    label_column: LabelColumnOption = DataSpec.label_column,
     quiet: Quiet = False,
     debug: Debug = False,
 ):
     """Train a classifier on DATA by transfer learning and export verified artifacts to OUT."""
     from factory.specs import PublishSpec
 
-    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed, strict=strict_data)
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed, strict=strict_data,
+                                                 text_column=text_column, label_column=label_column)
     spec = BuildSpec(
         data=data_spec, out=out, backbone=backbone_spec,
         training=TrainingSpec(
@@ -166,8 +169,9 @@ def _print_summary(manifest: dict, out: Path, console=console) -> None:
     console.print(table)
     splits = manifest["data"]["splits"]
     verified = min(a.get("verified_images", splits["test"]) for a in manifest["artifacts"])
+    examples = "texts" if manifest["backbone"].get("modality") == "text" else "images"
     lines = [
-        f"accuracy on {splits['test']:,} test images"
+        f"accuracy on {splits['test']:,} test {examples}"
         + (f"; artifacts on a sample of {verified:,}" if verified < splits["test"] else ""),
         "agree: top-1 agreement with keras; gzip: the files gzip-compressed (a download)",
         "time: data and training for keras, conversion for each artifact",
@@ -220,11 +224,14 @@ def advise(
     budget_s: BudgetOption = None,
     limit: LimitOption = None,
     seed: SeedOption = DEFAULT_SEED,
+    text_column: TextColumnOption = DataSpec.text_column,
+    label_column: LabelColumnOption = DataSpec.label_column,
     quiet: Quiet = False,
     debug: Debug = False,
 ):
     """Race the candidate strategies on DATA (short, budgeted trials) and recommend one, with the evidence."""
-    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed)
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed,
+                                                 text_column=text_column, label_column=label_column)
     training = TrainingSpec(strategy="auto", fine_tune_epochs=fine_tune_epochs, seed=seed, advisor_budget_s=budget_s)
     from factory import advisor, pipeline
     from factory.progress import Reporter
@@ -250,10 +257,13 @@ def inspect(
     batches: int = typer.Option(3, min=1, help="Batches to average the gradient norms over."),
     plot: Path = typer.Option(Path("gradient_flow.png"), help="Where to save the bar chart (PNG)."),
     seed: SeedOption = DEFAULT_SEED,
+    text_column: TextColumnOption = DataSpec.text_column,
+    label_column: LabelColumnOption = DataSpec.label_column,
     debug: Debug = False,
 ):
     """Print the gradient norm per block after training a head and unfreezing the top blocks."""
-    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed)
+    data_spec, backbone_spec = data_and_backbone(data, backbone, weights, input_size, limit, seed,
+                                                 text_column=text_column, label_column=label_column)
     from factory import gradient_flow, pipeline
     from factory.classifier import unfreeze_top_blocks
 

@@ -118,12 +118,16 @@ def size_text(num_bytes: int) -> str:
 
 # --- options several commands share (each command chooses its own default) ---------------------
 DataOption = Annotated[str, typer.Option(
-    metavar="FOLDER|CSV|NAME", help="Folder with one sub-folder per class, a CSV of image paths and labels, or a "
-    "named source: fashion-mnist, digits.")]
+    metavar="FOLDER|CSV|JSONL|NAME", help="Folder with one sub-folder per class (images, or .txt files), a CSV of "
+    "image paths or texts and labels, a JSON Lines file of texts and labels, or a named source: fashion-mnist, "
+    "digits (images), debian-packages (text).")]
 BackboneOption = Annotated[str, typer.Option(help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR.")]
 WeightsOption = Annotated[Optional[Path], typer.Option(help="Local weights file for keras.applications backbones.")]
-InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size in pixels (default: the backbone's own).")]
-LimitOption = Annotated[Optional[int], typer.Option(help="Use a stratified subset of this many images (0: all).")]
+InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size in pixels; for a text encoder, tokens "
+                                                        "per text (default: the backbone's own).")]
+LimitOption = Annotated[Optional[int], typer.Option(help="Use a stratified subset of this many examples (0: all).")]
+TextColumnOption = Annotated[str, typer.Option(help="Text data (.csv, .jsonl): the column holding the text.")]
+LabelColumnOption = Annotated[str, typer.Option(help="Text data (.csv, .jsonl): the column holding the label.")]
 SeedOption = Annotated[int, typer.Option(help="Seed for subsetting, splitting and training.")]
 Quiet = Annotated[bool, typer.Option(help="No progress display.")]
 BudgetOption = Annotated[Optional[float], typer.Option(
@@ -137,6 +141,6 @@ def data_and_backbone(data: str, backbone: str, weights: Path | None, input_size
     from factory.data import check_source
     from factory.specs import BackboneSpec, DataSpec
 
-    check_source(data)
-    return (DataSpec(data, limit=limit or None, seed=seed, **data_options),
-            BackboneSpec(backbone, input_size, str(weights) if weights else None))
+    data_spec = DataSpec(data, limit=limit or None, seed=seed, **data_options)
+    check_source(data_spec, backbone)
+    return data_spec, BackboneSpec(backbone, input_size, str(weights) if weights else None)

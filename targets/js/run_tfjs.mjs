@@ -1,6 +1,8 @@
 // Runs a TF.js graph model from disk in Node with the wasm backend (no tfjs-node, no network).
-//   node run_tfjs.mjs predict MODEL_DIR IMAGES.bin N H W OUT.bin   uint8 NHWC in, float32 probs out
-//   node run_tfjs.mjs latency MODEL_DIR H W RUNS WARMUP BATCH      prints JSON timings (ms)
+//   node run_tfjs.mjs predict MODEL_DIR INPUT.bin DTYPE SHAPE OUT.bin   float32 probs out
+//   node run_tfjs.mjs latency MODEL_DIR DTYPE SHAPE RUNS WARMUP BATCH    prints JSON timings (ms)
+// DTYPE is uint8 (images: pixels, fed as float32) or int32 (a text model's token ids); SHAPE is
+// one example's shape, comma-separated (224,224,3 or 128).
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -49,16 +51,33 @@ function probabilities(model, input) {
   return tf.tidy(() => model.predict(input));
 }
 
-async function predict([modelDir, imagesPath, n, h, w, outPath]) {
+function exampleShape(text) {
+  return text.split(',').map(Number);
+}
+
+function inputTensor(values, dtype, shape) {
+  // pixels go in as float32 (the graph normalizes them), token ids as int32
+  return dtype === 'int32' ? tf.tensor(values, shape, 'int32') : tf.tensor(Float32Array.from(values), shape);
+}
+
+function readExamples(file, dtype) {
+  const bytes = fs.readFileSync(file);
+  if (dtype === 'uint8') return new Uint8Array(bytes);
+  if (dtype === 'int32') return new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+  throw new Error(`unknown input dtype ${dtype}`);
+}
+
+async function predict([modelDir, inputPath, dtype, shapeText, outPath]) {
   const model = await setup(modelDir);
-  [n, h, w] = [n, h, w].map(Number);
-  const pixels = new Uint8Array(fs.readFileSync(imagesPath));
+  const shape = exampleShape(shapeText);
+  const size = shape.reduce((a, b) => a * b, 1);
+  const values = readExamples(inputPath, dtype);
+  const n = values.length / size;
   const batchSize = 32;
   const chunks = [];
   for (let start = 0; start < n; start += batchSize) {
     const count = Math.min(batchSize, n - start);
-    const slice = pixels.subarray(start * h * w * 3, (start + count) * h * w * 3);
-    const input = tf.tensor4d(Float32Array.from(slice), [count, h, w, 3]);
+    const input = inputTensor(values.subarray(start * size, (start + count) * size), dtype, [count, ...shape]);
     const output = probabilities(model, input);
     chunks.push(await output.data());
     input.dispose();
@@ -69,17 +88,19 @@ async function predict([modelDir, imagesPath, n, h, w, outPath]) {
   let offset = 0;
   for (const c of chunks) { flat.set(c, offset); offset += c.length; }
   fs.writeFileSync(outPath, Buffer.from(flat.buffer));
-  console.log(JSON.stringify({ backend: tf.getBackend(), images: n }));
+  console.log(JSON.stringify({ backend: tf.getBackend(), examples: n }));
 }
 
 function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-async function latency([modelDir, h, w, runs, warmup, batch]) {
+async function latency([modelDir, dtype, shapeText, runs, warmup, batch]) {
   const model = await setup(modelDir);
-  [h, w, runs, warmup, batch] = [h, w, runs, warmup, batch].map(Number);
-  const input = tf.randomUniform([batch, h, w, 3], 0, 255);
+  [runs, warmup, batch] = [runs, warmup, batch].map(Number);
+  const shape = [batch, ...exampleShape(shapeText)];
+  // random pixels, or random token ids below 256 (every position a token: the longest text)
+  const input = dtype === 'int32' ? tf.randomUniform(shape, 1, 256, 'int32') : tf.randomUniform(shape, 0, 255);
   for (let i = 0; i < warmup; i++) (await probabilities(model, input).data());
   const times = [];
   for (let i = 0; i < runs; i++) {

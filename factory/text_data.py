@@ -1,0 +1,211 @@
+"""Text sources: list labelled texts, skipping (or, strict, refusing) the ones that cannot be used.
+
+A text source is one of:
+  - a folder with one sub-folder per class holding `.txt` files, one example per file (UTF-8);
+  - a CSV file with a header naming a text column and a label column (`--text-column`,
+    `--label-column`; default `text` and `label`);
+  - a JSON Lines file (`.jsonl`): one object per line with those two keys;
+  - `debian-packages`: 2,566 Debian package descriptions labelled with their archive section
+    (10 sections), a snapshot pinned in factory/datasets/.
+
+Empty texts, bytes that are not UTF-8, rows without a label and unparsable lines are skipped
+and reported ("where: why"); with `strict` the first one fails the build. factory.data
+tokenizes what is kept and splits it exactly like images.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+from factory.datasets import debian_descriptions
+from targets.errors import FactoryError
+
+TEXT_EXTENSIONS = {".txt"}
+TEXT_FILES = {".csv", ".jsonl"}
+MAX_TEXT_BYTES = 1 << 20  # a longer example is refused (it would be truncated to a few hundred tokens anyway)
+MAX_LINE = 1 << 20  # characters in one line of a CSV or JSON Lines file
+NAMED = {"debian-packages": debian_descriptions.SNAPSHOT}
+
+
+def is_text_source(source: str, text_column: str) -> bool:
+    """Whether `source` holds text: a named text source, a .jsonl file, a CSV whose header has
+    `text_column`, or a class folder whose files are .txt files."""
+    if source in NAMED:
+        return True
+    path = Path(source)
+    if path.suffix.lower() == ".jsonl":
+        return True
+    if path.suffix.lower() == ".csv":
+        return path.is_file() and text_column.lower() in _csv_header(path)
+    if not path.is_dir():
+        return False
+    files = (f for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") for f in d.rglob("*"))
+    return any(f.suffix.lower() in TEXT_EXTENSIONS for f in files if f.is_file())
+
+
+def check(source: str) -> None:
+    """Refuse a text source that cannot be listed, without reading it: a missing file, or a
+    folder without two class sub-folders."""
+    path = Path(source)
+    if source in NAMED:
+        return
+    if path.suffix.lower() in TEXT_FILES:
+        if not path.is_file():
+            raise FactoryError(f"--data {path}: {'not a regular file' if path.exists() else 'no such file'}")
+    else:
+        from factory.data import class_dirs
+
+        class_dirs(path)
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return [name.strip().lower() for name in next(csv.reader([handle.readline(MAX_LINE)]), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+class _Listing:
+    """Collects (text, label) pairs and the skipped ones."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.texts: list[str] = []
+        self.names: list[str] = []
+        self.skipped: list[str] = []
+
+    def add(self, where: str, text, label) -> None:
+        label = "" if label is None else str(label).strip()
+        problem = ("the text is not a string" if not isinstance(text, str)
+                   else "empty text" if not text.strip() else "no label" if not label
+                   else "not valid Unicode (a lone surrogate)" if not _encodable(text) else None)
+        if problem:
+            self.skip(where, problem)
+            return
+        if not label.isprintable():
+            raise FactoryError(f"{where}: the label {label!r} holds characters that cannot be printed")
+        self.texts.append(text)
+        self.names.append(label)
+
+    def skip(self, where: str, problem: str) -> None:
+        if self.strict:
+            raise FactoryError(f"{where}: {problem}; fix it or remove it (or drop --strict-data to skip it)")
+        self.skipped.append(f"{where}: {problem}")
+
+    def result(self, source: str):
+        class_names = sorted(set(self.names))
+        if not self.texts:
+            raise FactoryError(f"--data {source}: no usable texts")
+        if len(class_names) < 2:
+            raise FactoryError(f"--data {source}: {len(class_names)} label(s); a classifier needs at least two classes")
+        index = {name: i for i, name in enumerate(class_names)}
+        return self.texts, np.asarray([index[n] for n in self.names], dtype=np.int64), class_names, self.skipped
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # JSON's "\ud800": no tokenizer takes it
+        return False
+
+
+def list_texts(source: str, *, text_column: str = "text", label_column: str = "label", strict: bool = False):
+    """(texts, labels, class names, skipped) of a text source."""
+    listing = _Listing(strict)
+    if source in NAMED:
+        with gzip.open(NAMED[source], "rt", encoding="utf-8") as handle:
+            _jsonl(handle, source, "text", "label", listing)
+        return listing.result(source)
+    path = Path(source)
+    if path.suffix.lower() in TEXT_FILES:
+        check(source)
+        try:
+            with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
+                reader = _csv if path.suffix.lower() == ".csv" else _jsonl
+                reader(handle, str(path), text_column, label_column, listing)
+        except UnicodeDecodeError as exc:
+            raise FactoryError(f"--data {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise FactoryError(f"--data {path}: unreadable ({exc.strerror or exc})") from None
+    else:
+        _folder(path, listing)
+    return listing.result(source)
+
+
+def _bounded(handle):
+    while line := handle.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE:
+            raise FactoryError(f"{handle.name}: a line longer than {MAX_LINE:,} characters")
+        yield line
+
+
+def _csv(handle, where: str, text_column: str, label_column: str, listing: _Listing) -> None:
+    reader = csv.reader(_bounded(handle))
+    try:
+        header = [name.strip().lower() for name in next(reader, [])]
+        missing = [c for c in (text_column, label_column) if c.lower() not in header]
+        if missing:
+            raise FactoryError(f"--data {where}: no {' and no '.join(map(repr, missing))} column in its header "
+                               f"{header[:6]}; name the columns with --text-column and --label-column")
+        text_at, label_at = header.index(text_column.lower()), header.index(label_column.lower())
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            line = f"{where} line {reader.line_num}"
+            listing.add(line, row[text_at] if len(row) > text_at else "", row[label_at] if len(row) > label_at else "")
+    except csv.Error as exc:
+        raise FactoryError(f"--data {where}: not a readable CSV file ({exc})") from None
+
+
+def _jsonl(handle, where: str, text_column: str, label_column: str, listing: _Listing) -> None:
+    for number, line in enumerate(_bounded(handle), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            listing.skip(f"{where} line {number}", f"not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            listing.skip(f"{where} line {number}", "not a JSON object")
+            continue
+        label = row.get(label_column)
+        listing.add(f"{where} line {number}", row.get(text_column), label if isinstance(label, (str, int)) else None)
+
+
+def _folder(root: Path, listing: _Listing) -> None:
+    from factory.data import class_dirs
+
+    for class_dir in class_dirs(root):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in TEXT_EXTENSIONS)
+        if not files:
+            raise FactoryError(f"class folder {class_dir} has no .txt files; add some or remove it")
+        for path in files:
+            text, problem = _read_text(path)
+            if problem:
+                listing.skip(str(path), problem)
+            else:
+                listing.add(str(path), text, class_dir.name)
+
+
+def _read_text(path: Path) -> tuple[str | None, str | None]:
+    """A text file's contents, or why it cannot be used."""
+    if not path.is_file():
+        return None, "not a regular file"
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_TEXT_BYTES + 1)
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    if len(raw) > MAX_TEXT_BYTES:
+        return None, f"larger than {MAX_TEXT_BYTES >> 20} MiB"
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
