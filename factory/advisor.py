@@ -359,7 +359,8 @@ def _step(trial: Trial, data, steps: int, batch: int, execution: int, rung: int,
     train = data.train.dataset(batch, shuffle_seed=spec.seed + rung, augment=augment).repeat()
     clock = TrialClock(deadline)
     started = time.perf_counter()
-    fit(trial.classifier.model, train, None, steps_per_epoch=steps, examples=steps * batch, name=f"race: {trial.name}",
+    fit(trial.classifier.model, train, None, steps_per_epoch=steps, examples=steps * batch, unit=data.train.unit,
+        name=f"race: {trial.name}",
         epochs=1, learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
         reporter=reporter, class_weight=feature_extraction.class_weights(data, spec), compiled=trial.images > 0,
         steps_per_execution=execution, callbacks=(clock,), decay_steps=trial.recipe_images // batch)

@@ -209,7 +209,7 @@ def extract(split: Split, store: FeatureStore, reporter, *, description: str, wo
     mine = [p for key, p in first.items() if int(key[:8], 16) % workers == worker]
     if not mine:
         return 0
-    task = reporter.start(description, total=len(mine), unit="images")
+    task = reporter.start(description, total=len(mine), unit=split.unit)
     todo = split.subset(mine)
     start = last_commit = time.perf_counter()
     done = 0

@@ -107,6 +107,11 @@ class Split:
         return "image" if self.tokenizer is None else "text"
 
     @property
+    def unit(self) -> str:
+        """What its examples are called in progress lines."""
+        return "images" if self.tokenizer is None else "texts"
+
+    @property
     def example_shape(self) -> tuple:
         return (self.input_size, self.input_size, 3) if self.tokenizer is None else (self.input_size,)
 

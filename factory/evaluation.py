@@ -12,7 +12,7 @@ def predictions(predict, split, reporter: Reporter = Silent(), description: str 
                 batch_size: int = 64) -> np.ndarray:
     """`predict` (uint8 images -> probabilities, see classifier.inference_fn) on every example of
     `split`, batch by batch."""
-    task = reporter.start(description, total=len(split), unit="images")
+    task = reporter.start(description, total=len(split), unit=split.unit)
     probs = []
     for images, _ in split.batches(batch_size):
         probs.append(predict(images))

@@ -88,9 +88,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     continues from it; the caller removes it once the result is safe.
     """
     _single_process_options(spec)
-    check_modality(prepared.backbone.name, spec)
-    if prepared.backbone.tokenizer:
-        spec = dataclasses.replace(spec, augment=False)  # image augmentation: nothing to do on token ids
+    spec = _for_backbone(spec, prepared.backbone)
     keras.utils.set_random_seed(spec.seed)
     data = prepared.data
     cluster = distributed.cluster()
@@ -129,6 +127,13 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
     )
 
 
+def _for_backbone(spec: TrainingSpec, backbone: backbones.Backbone) -> TrainingSpec:
+    """The spec as this backbone trains it: a text encoder refuses image-only options and does not
+    augment (flips and crops mean nothing to token ids)."""
+    check_modality(backbone.name, spec)
+    return dataclasses.replace(spec, augment=False) if backbone.tokenizer else spec
+
+
 def _plain_copy(trained: classifier_lib.Classifier, prepared: Prepared, spec: TrainingSpec):
     """The classifier rebuilt outside the multi-worker strategy, with the trained weights and
     trainable flags: what the targets convert."""
@@ -143,6 +148,7 @@ def advise(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), cache: Cache
            reporter: Reporter = Silent()):
     """The advisor's verdict for this data: a measured race of the candidate strategies."""
     _single_process("the advisor", ADVISE_FIRST)
+    spec = _for_backbone(spec, prepared.backbone)
     keras.utils.set_random_seed(spec.seed)
     classifier = classifier_lib.build(prepared.backbone, len(prepared.data.class_names), spec.dropout)
     with cache_lib.open_store(classifier, cache.store_folder) as features:

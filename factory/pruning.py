@@ -78,7 +78,7 @@ def prune(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
     def train(backup_dir):
         phase = fit(wrapped, data.train.dataset(batch, shuffle_seed=spec.seed,
                                                 augment=augmenter(spec.seed) if spec.augments else None),
-                    None, examples=len(data.train), name=name, epochs=spec.prune_epochs,
+                    None, examples=len(data.train), unit=data.train.unit, name=name, epochs=spec.prune_epochs,
                     learning_rate=spec.backbone_learning_rate, global_batch=batch, patience=spec.patience,
                     reporter=reporter, class_weight=feature_extraction.class_weights(data, spec),
                     backup_dir=backup_dir, callbacks=(sparsity.UpdatePruningStep(),))

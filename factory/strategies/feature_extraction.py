@@ -35,7 +35,7 @@ def cached_features(data: Dataset, store: cache.FeatureStore, reporter, folder: 
                           "(other workers' share: is --cache-dir shared?)")
     distinct = len({key for _, split in splits for key in split.keys})
     known = distinct - (len(store.lacked) - lacked_before)  # a later call finds the earlier one's work cached
-    reporter.note(f"feature cache: {known:,} of {distinct:,} images were cached, "
+    reporter.note(f"feature cache: {known:,} of {distinct:,} {data.train.unit} were cached, "
                   f"{store.extracted:,} extracted by this process ({store.folder})")
     return (cache.write_split(data.train, store, folder / "train.f32", seed),
             cache.write_split(data.val, store, folder / "val.f32", seed + 1))
@@ -51,6 +51,7 @@ def train_head(classifier: Classifier, data: Dataset, spec: TrainingSpec, report
                 classifier.head,
                 train.dataset(batch, shuffle_seed=spec.seed), val.dataset(batch),
                 examples=len(train),
+                unit=data.train.unit,
                 name="head",
                 epochs=spec.epochs,
                 learning_rate=spec.learning_rate,

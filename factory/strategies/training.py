@@ -30,16 +30,17 @@ class Phase:
 
 
 class ProgressCallback(keras.callbacks.Callback):
-    """Feeds a progress reporter batch by batch, counting images (see factory.progress)."""
+    """Feeds a progress reporter batch by batch, counting examples (see factory.progress)."""
 
-    def __init__(self, reporter, description: str, epochs: int, examples: int, global_batch: int):
+    def __init__(self, reporter, description: str, epochs: int, examples: int, global_batch: int,
+                 unit: str = "images"):
         super().__init__()
-        self.reporter, self.description = reporter, description
+        self.reporter, self.description, self.unit = reporter, description, unit
         self.epochs, self.examples, self.global_batch = epochs, examples, global_batch
         self.task = None
 
     def on_train_begin(self, logs=None):
-        self.task = self.reporter.start(self.description, total=self.epochs * self.examples, unit="images")
+        self.task = self.reporter.start(self.description, total=self.epochs * self.examples, unit=self.unit)
         self.done = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -110,6 +111,7 @@ def fit(
     steps_per_execution: int = STEPS_PER_EXECUTION,
     callbacks: tuple = (),
     decay_steps: int | None = None,
+    unit: str = "images",
 ) -> Phase:
     """Train on `train` (a shuffled tf.data pipeline of `examples` examples per epoch in batches
     of `global_batch`) with early stopping on `validation`; under a multi-worker strategy every
@@ -131,7 +133,7 @@ def fit(
                 metrics=["accuracy"],
                 steps_per_execution=steps_per_execution,
             )
-    callbacks = [ProgressCallback(reporter, name, epochs, examples, global_batch), *callbacks]
+    callbacks = [ProgressCallback(reporter, name, epochs, examples, global_batch, unit), *callbacks]
     if validation is not None:
         callbacks.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                           restore_best_weights=True))
