@@ -31,7 +31,7 @@ def gradient_flow(classifier: Classifier, images: np.ndarray, labels: np.ndarray
     sums = {name: 0.0 for name, _ in groups}
     count = 0
     for start in range(0, min(len(images), batches * batch_size), batch_size):
-        x = tf.constant(images[start:start + batch_size], tf.float32)
+        x = tf.constant(images[start:start + batch_size], classifier.model.inputs[0].dtype)  # pixels or token ids
         y = tf.constant(labels[start:start + batch_size])
         with tf.GradientTape() as tape:
             loss = loss_fn(y, classifier.model(x, training=True))

@@ -43,6 +43,7 @@ CONTENT_TYPES = {
     ".txt": "text/plain; charset=utf-8",
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",  # the demo's tokenizer, an ES module
     ".wasm": "application/wasm",
 }
 CHECKSUM_HEADER = "X-Checksum-SHA256"

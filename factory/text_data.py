@@ -33,7 +33,8 @@ NAMED = {"debian-packages": debian_descriptions.SNAPSHOT}
 
 def is_text_source(source: str, text_column: str) -> bool:
     """Whether `source` holds text: a named text source, a .jsonl file, a CSV whose header has
-    `text_column`, or a class folder whose files are .txt files."""
+    `text_column`, or a class folder holding more .txt files than images (a README.txt among
+    photos does not make them text)."""
     if source in NAMED:
         return True
     path = Path(source)
@@ -43,8 +44,11 @@ def is_text_source(source: str, text_column: str) -> bool:
         return path.is_file() and text_column.lower() in _csv_header(path)
     if not path.is_dir():
         return False
-    files = (f for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") for f in d.rglob("*"))
-    return any(f.suffix.lower() in TEXT_EXTENSIONS for f in files if f.is_file())
+    from factory.data import IMAGE_EXTENSIONS
+
+    suffixes = [f.suffix.lower() for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
+                for f in d.rglob("*")]
+    return sum(s in TEXT_EXTENSIONS for s in suffixes) > sum(s in IMAGE_EXTENSIONS for s in suffixes)
 
 
 def check(source: str) -> None:
@@ -171,6 +175,9 @@ def _jsonl(handle, where: str, text_column: str, label_column: str, listing: _Li
             row = json.loads(line)
         except ValueError as exc:
             listing.skip(f"{where} line {number}", f"not JSON ({exc.msg})")
+            continue
+        except RecursionError:  # "[[[[...": nested deeper than Python's parser goes
+            listing.skip(f"{where} line {number}", "not JSON (nested too deeply)")
             continue
         if not isinstance(row, dict):
             listing.skip(f"{where} line {number}", "not a JSON object")

@@ -108,6 +108,13 @@ def test_a_folder_of_text_files_is_listed_and_bad_files_skipped(tmp_path):
         load(tmp_path, strict=True)  # the first bad file, in listing order
 
 
+def test_a_text_file_among_images_does_not_make_them_text(image_folder):
+    write(image_folder / "red" / "README.txt", "photos of red things")
+    data.check_source(DataSpec(str(image_folder)), "efficientnet_lite0")
+    with pytest.raises(FactoryError, match="holds no text"):
+        data.check_source(DataSpec(str(image_folder)), "minilm_l6")
+
+
 def test_csv_and_jsonl_sources_with_their_bad_rows(tmp_path):
     rows = "".join(f'"text {i}, with a comma",{"ab"[i % 2]}\n' for i in range(12))
     csv_file = write(tmp_path / "t.csv", 'body,topic\n' + rows + '"",a\n"no label",\n')
@@ -119,12 +126,13 @@ def test_csv_and_jsonl_sources_with_their_bad_rows(tmp_path):
 
     lines = [json.dumps({"text": f"line {i}", "label": i % 2}) for i in range(12)]
     lines += ["{not json", "[1, 2]", json.dumps({"text": 5, "label": "a"}), json.dumps({"label": "a"}),
-              '{"text": "lone \\ud800 surrogate", "label": "a"}']
+              '{"text": "lone \\ud800 surrogate", "label": "a"}', "[" * 100_000]
     dataset = load(write(tmp_path / "t.jsonl", "\n".join(lines) + "\n"))
     assert dataset.class_names == ["0", "1"] and sum(dataset.sizes().values()) == 12
     assert [s.split(": ", 1)[1] for s in dataset.skipped] == [
         "not JSON (Expecting property name enclosed in double quotes)", "not a JSON object",
-        "the text is not a string", "the text is not a string", "not valid Unicode (a lone surrogate)"]
+        "the text is not a string", "the text is not a string", "not valid Unicode (a lone surrogate)",
+        "not JSON (nested too deeply)"]
 
 
 def test_text_for_an_image_backbone_and_the_reverse_are_refused(tmp_path):
@@ -205,3 +213,71 @@ def test_tflite_and_tfjs_artifacts_agree_with_keras_in_their_runtimes(prepared, 
     meta = json.loads((tmp_path / "out" / "tfjs_float16" / "model.json").read_text())["userDefinedMetadata"]
     assert meta["edgefactory"]["input"] == {"shape": [48], "dtype": "int32", "name": "input_ids"}
     assert meta["edgefactory"]["tokenizer"]["vocab_sha256"] == prepared.backbone.tokenizer.contract()["vocab_sha256"]
+
+
+# --- the README's build, published and run in a real browser ------------------------------------
+
+@pytest.fixture(scope="module")
+def text_build(tmp_path_factory):
+    """`factory build` on a subset of debian-packages with both targets (the README's command, smaller)."""
+    out = tmp_path_factory.mktemp("text") / "sections"
+    result = subprocess.run(FACTORY + ["build", "--quiet", "--data", "debian-packages", "--backbone", "minilm_l6",
+                                       "--input-size", "64", "--limit", "1000", "--target", "tflite", "--target",
+                                       "tfjs", "--quantize", "float16", "--latency-runs", "3", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, result.stdout
+
+
+@pytest.mark.slow
+def test_text_build_from_the_command_line(text_build):
+    out, summary = text_build
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backbone"]["modality"] == "text" and manifest["backbone"]["tokenizer"]["max_length"] == 64
+    assert "accuracy on 200 test texts" in summary
+    for artifact in manifest["artifacts"]:
+        assert artifact["agreement"] >= 0.99 and artifact["latency"]["p50_ms"] > 0
+        assert artifact["bytes"] == sum((out / f).stat().st_size for f in artifact["files"])
+    tfjs = next(a for a in manifest["artifacts"] if a["target"] == "tfjs")
+    assert "tfjs_float16/vocab.txt" in tfjs["files"]
+
+
+@pytest.mark.slow
+def test_browser_demo_classifies_typed_text(text_build, tmp_path):
+    import shutil
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from factory import store
+    from factory.server import serve
+
+    out, _ = text_build
+    store.publish(out, tmp_path / "store", "sections")
+    server = serve(tmp_path / "store", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    text = ("A fast-paced arcade shooter: fly your spaceship through ten levels of enemies, collect "
+            "power-ups and beat the high score. Multiplayer over the network.")
+    from targets.tflite import run_interpreter  # what the app on a phone computes, for the same text
+
+    probs = run_interpreter(out / "model_float16.tflite", WordPiece(minilm.model_dir(), 64).encode([text]))
+    expected = (out / "labels.txt").read_text().split()[int(probs.argmax())]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_port}/demo/sections")
+            page.wait_for_selector("#status[data-ready='1']", timeout=180_000)
+            assert page.is_hidden("#drop") and page.is_visible("#text")
+            page.fill("#text", text)
+            page.click("#classifyText")
+            page.wait_for_selector("#top1", timeout=120_000)
+            shown, meta = page.get_attribute("#top1", "data-label"), page.inner_text("#meta")
+            top3 = page.locator("#result li").count()
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert shown == expected and top3 == 3 and "inference" in meta and " ms on " in meta

@@ -43,17 +43,18 @@ def _age(timestamp: float) -> str:
 @one_line_errors
 def info(cache_dir: Optional[Path] = CacheDir, debug: Debug = False):
     """List the cached features per backbone and input size, and their size on disk."""
-    from factory import cache
+    from factory import backbones, cache
 
     report = cache.info(_folder(cache_dir))
     if not report["extractors"]:
         console.print(f"the feature cache in {report['folder']} is empty")
         return
     table = Table(title=f"feature cache: {report['folder']}")
-    for column in ("backbone", "input", "images", "features", "last used", "id"):
-        table.add_column(column, justify="right" if column in ("input", "images", "features") else "left")
+    for column in ("backbone", "input", "examples", "features", "last used", "id"):
+        table.add_column(column, justify="right" if column in ("input", "examples", "features") else "left")
     for row in report["extractors"]:
-        table.add_row(row["backbone"], f"{row['input_size']} px", f"{row['images']:,}",
+        unit = "tokens" if backbones.modality(row["backbone"]) == "text" else "px"
+        table.add_row(row["backbone"], f"{row['input_size']} {unit}", f"{row['images']:,}",
                       size_text(row["feature_bytes"]), _age(row["last_used"]), row["extractor"])
     console.print(table)
     scratch = f", {report['scratch_folders']} scratch folder(s)" if report["scratch_folders"] else ""
