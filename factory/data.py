@@ -11,6 +11,10 @@ when a consumer reads a split, so memory does not grow with the dataset.
 Unreadable images are skipped and reported (`strict=True` fails on the first one instead);
 an empty folder, a class without images or a single class is an error.
 
+Text sources (factory.text_data: .txt folders, CSV, JSON Lines, debian-packages) go through
+the same subset and split; their splits hold the texts and decode each one to the encoder's
+token ids (int32 [length]) as it is read.
+
 A Split offers:
   dataset(batch_size, shuffle_seed=, augment=)  a tf.data pipeline (parallel decode, prefetch)
   batches(batch_size)                           the same, in order, as numpy (images, labels)
@@ -194,8 +198,8 @@ class Dataset:
 
 def load(spec, input_size: int, reporter=None, tokenizer=None) -> Dataset:
     """List a DataSpec's source, keep a stratified `limit` of it, check and hash each example,
-    and split the list train/validation/test (nothing is decoded and kept). A text source needs
-    the encoder's `tokenizer` (and an image source none): its texts are tokenized here."""
+    and split the list train/validation/test (nothing is decoded and kept). A text source
+    (factory.text_data) needs the encoder's `tokenizer`, and an image source none."""
     source, seed = spec.source, spec.seed
     check_kind(spec, text_model=tokenizer is not None)
     if tokenizer is not None:
@@ -236,8 +240,15 @@ def load(spec, input_size: int, reporter=None, tokenizer=None) -> Dataset:
 
 
 def check_kind(spec, text_model: bool) -> None:
-    """Refuse text data for an image backbone and the reverse, in one line."""
-    text_data = text_data_lib.is_text_source(spec.source, spec.text_column)
+    """Refuse text data for an image backbone and the reverse, in one line. (A path that does not
+    exist is left to the listing, which says so; a CSV with both an image path column and a text
+    column suits either kind.)"""
+    source = spec.source
+    if source not in NAMED_SOURCES and source not in text_data_lib.NAMED and not Path(source).exists():
+        return
+    text_data = text_data_lib.is_text_source(source, spec.text_column)
+    if text_data and _is_labels_file(Path(source)) and _has_path_column(Path(source)):
+        text_data = text_model
     if text_data and not text_model:
         raise FactoryError(f"--data {spec.source} holds text but the backbone reads images: use a text encoder "
                            f"(--backbone {' or '.join(TEXT_BACKBONES)})")
@@ -299,6 +310,15 @@ def regular_file_problem(path) -> str | None:
 
 def _is_labels_file(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
+
+
+def _has_path_column(path: Path) -> bool:
+    """A labels file whose header names an image path column (or that has two columns without one)."""
+    try:
+        with _open_labels_file(path):
+            return True
+    except FactoryError:
+        return False
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def is_text_source(source: str, text_column: str) -> bool:
     from factory.data import IMAGE_EXTENSIONS
 
     suffixes = [f.suffix.lower() for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
-                for f in d.rglob("*")]
+                for f in d.rglob("*") if f.is_file()]
     return sum(s in TEXT_EXTENSIONS for s in suffixes) > sum(s in IMAGE_EXTENSIONS for s in suffixes)
 
 
@@ -75,19 +76,19 @@ def _csv_header(path: Path) -> list[str]:
 
 
 class _Listing:
-    """Collects (text, label) pairs and the skipped ones."""
+    """Collects (text, label) pairs and the skipped ones. With `classes` (a folder's class
+    folders) those are the classes, each needing texts; else the labels found are."""
 
-    def __init__(self, strict: bool):
-        self.strict = strict
+    def __init__(self, strict: bool, classes: list[str] | None = None):
+        self.strict, self.classes = strict, classes
         self.texts: list[str] = []
         self.names: list[str] = []
         self.skipped: list[str] = []
 
-    def add(self, where: str, text, label) -> None:
-        label = "" if label is None else str(label).strip()
+    def add(self, where: str, text, label: str) -> None:
         problem = ("the text is not a string" if not isinstance(text, str)
-                   else "empty text" if not text.strip() else "no label" if not label
-                   else "not valid Unicode (a lone surrogate)" if not _encodable(text) else None)
+                   else "not valid Unicode (a lone surrogate)" if not _encodable(text)
+                   else "empty text" if _blank(text) else "no label" if not label else None)
         if problem:
             self.skip(where, problem)
             return
@@ -102,13 +103,18 @@ class _Listing:
         self.skipped.append(f"{where}: {problem}")
 
     def result(self, source: str):
-        class_names = sorted(set(self.names))
+        class_names = self.classes if self.classes is not None else sorted(set(self.names))
         if not self.texts:
             raise FactoryError(f"--data {source}: no usable texts")
         if len(class_names) < 2:
             raise FactoryError(f"--data {source}: {len(class_names)} label(s); a classifier needs at least two classes")
         index = {name: i for i, name in enumerate(class_names)}
         return self.texts, np.asarray([index[n] for n in self.names], dtype=np.int64), class_names, self.skipped
+
+
+def _blank(text: str) -> bool:
+    """Nothing a tokenizer keeps: whitespace, control and format characters only (NUL, ZWSP)."""
+    return all(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in text)
 
 
 def _encodable(text: str) -> bool:
@@ -150,6 +156,7 @@ def _bounded(handle):
 
 
 def _csv(handle, where: str, text_column: str, label_column: str, listing: _Listing) -> None:
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))  # a text cell may be as long as a line
     reader = csv.reader(_bounded(handle))
     try:
         header = [name.strip().lower() for name in next(reader, [])]
@@ -162,7 +169,8 @@ def _csv(handle, where: str, text_column: str, label_column: str, listing: _List
             if not any(cell.strip() for cell in row):
                 continue
             line = f"{where} line {reader.line_num}"
-            listing.add(line, row[text_at] if len(row) > text_at else "", row[label_at] if len(row) > label_at else "")
+            listing.add(line, row[text_at] if len(row) > text_at else "",
+                        row[label_at].strip() if len(row) > label_at else "")
     except csv.Error as exc:
         raise FactoryError(f"--data {where}: not a readable CSV file ({exc})") from None
 
@@ -173,8 +181,8 @@ def _jsonl(handle, where: str, text_column: str, label_column: str, listing: _Li
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
-            listing.skip(f"{where} line {number}", f"not JSON ({exc.msg})")
+        except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
+            listing.skip(f"{where} line {number}", f"not JSON ({getattr(exc, 'msg', exc)})")
             continue
         except RecursionError:  # "[[[[...": nested deeper than Python's parser goes
             listing.skip(f"{where} line {number}", "not JSON (nested too deeply)")
@@ -182,14 +190,20 @@ def _jsonl(handle, where: str, text_column: str, label_column: str, listing: _Li
         if not isinstance(row, dict):
             listing.skip(f"{where} line {number}", "not a JSON object")
             continue
-        label = row.get(label_column)
-        listing.add(f"{where} line {number}", row.get(text_column), label if isinstance(label, (str, int)) else None)
+        row = {key.lower(): value for key, value in row.items()}  # column names as in a CSV header
+        label = row.get(label_column.lower())
+        if label is not None and not isinstance(label, (str, int)):  # a bool is an int: true / false labels
+            listing.skip(f"{where} line {number}", f"the label is {type(label).__name__}, not a string or an integer")
+            continue
+        listing.add(f"{where} line {number}", row.get(text_column.lower()), "" if label is None else str(label).strip())
 
 
 def _folder(root: Path, listing: _Listing) -> None:
     from factory.data import class_dirs
 
-    for class_dir in class_dirs(root):
+    folders = class_dirs(root)
+    listing.classes = [d.name for d in folders]  # a class whose every text is skipped is then refused
+    for class_dir in folders:
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in TEXT_EXTENSIONS)
         if not files:
             raise FactoryError(f"class folder {class_dir} has no .txt files; add some or remove it")

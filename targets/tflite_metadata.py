@@ -170,7 +170,7 @@ def attach(path: Path, *, labels: list[str], name: str, description: str = "", t
 def read_labels(path: Path) -> list[str]:
     """The labels packed into a .tflite file by `attach`."""
     with zipfile.ZipFile(path) as archive:
-        return archive.read(LABELS_FILE).decode().split()
+        return archive.read(LABELS_FILE).decode().splitlines()
 
 
 def read_metadata(path: Path) -> bytes:

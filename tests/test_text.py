@@ -108,6 +108,27 @@ def test_a_folder_of_text_files_is_listed_and_bad_files_skipped(tmp_path):
         load(tmp_path, strict=True)  # the first bad file, in listing order
 
 
+def test_a_class_folder_without_usable_texts_is_refused(tmp_path):
+    for label in ("a", "b"):
+        for i in range(3):
+            write(tmp_path / label / f"{i}.txt", f"text {i} of {label}")
+    write(tmp_path / "c" / "0.txt", b"\xff\xfe not utf-8")
+    with pytest.raises(FactoryError, match="class 'c' has 0 usable text"):
+        load(tmp_path)
+
+
+def test_missing_sources_and_mixed_csv_files(tmp_path, image_folder):
+    with pytest.raises(FactoryError, match="no such file"):
+        data.check_source(DataSpec(str(tmp_path / "none.jsonl")), "efficientnet_lite0")
+    with pytest.raises(FactoryError, match="no such folder"):
+        data.check_source(DataSpec(str(tmp_path / "none")), "minilm_l6")
+    captions = write(tmp_path / "captions.csv", "".join(
+        f"{p.relative_to(tmp_path).as_posix()},{p.parent.name},a photo\n" for p in sorted(image_folder.rglob("*.*"))))
+    captions.write_text("path,label,text\n" + captions.read_text())
+    data.check_source(DataSpec(str(captions)), "efficientnet_lite0")  # image paths: an image dataset...
+    assert load(captions).class_names == ["blue", "red"]  # ...and, with a text encoder, a text one
+
+
 def test_a_text_file_among_images_does_not_make_them_text(image_folder):
     write(image_folder / "red" / "README.txt", "photos of red things")
     data.check_source(DataSpec(str(image_folder)), "efficientnet_lite0")
@@ -124,15 +145,19 @@ def test_csv_and_jsonl_sources_with_their_bad_rows(tmp_path):
     with pytest.raises(FactoryError, match="holds no text .* a .csv with a 'text' column"):
         load(csv_file)  # without its text column named, it reads as an image labels file
 
-    lines = [json.dumps({"text": f"line {i}", "label": i % 2}) for i in range(12)]
+    lines = [json.dumps({"Text": f"line {i}", "label": i % 2}) for i in range(12)]  # keys: any case
     lines += ["{not json", "[1, 2]", json.dumps({"text": 5, "label": "a"}), json.dumps({"label": "a"}),
-              '{"text": "lone \\ud800 surrogate", "label": "a"}', "[" * 100_000]
+              '{"text": "lone \\ud800 surrogate", "label": "a"}', "[" * 100_000, '{"text": "x", "label": ' + "1" * 5000 + "}",
+              json.dumps({"text": "x", "label": 1.5}), json.dumps({"text": "\u200b\u0000 \u200b", "label": "a"})]
     dataset = load(write(tmp_path / "t.jsonl", "\n".join(lines) + "\n"))
     assert dataset.class_names == ["0", "1"] and sum(dataset.sizes().values()) == 12
     assert [s.split(": ", 1)[1] for s in dataset.skipped] == [
         "not JSON (Expecting property name enclosed in double quotes)", "not a JSON object",
         "the text is not a string", "the text is not a string", "not valid Unicode (a lone surrogate)",
-        "not JSON (nested too deeply)"]
+        "not JSON (nested too deeply)",
+        "not JSON (Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
+        "use sys.set_int_max_str_digits() to increase the limit)",
+        "the label is float, not a string or an integer", "empty text"]
 
 
 def test_text_for_an_image_backbone_and_the_reverse_are_refused(tmp_path):
@@ -281,3 +306,22 @@ def test_browser_demo_classifies_typed_text(text_build, tmp_path):
         server.shutdown()
         server.server_close()
     assert shown == expected and top3 == 3 and "inference" in meta and " ms on " in meta
+
+
+@pytest.mark.slow
+def test_bench_grid_on_text_with_the_tfidf_baseline(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(FACTORY + ["bench", "--quiet", "--data", "debian-packages", "--backbone", "minilm_l6",
+                                       "--input-size", "32", "--limit", "400", "--strategy", "feature-extraction",
+                                       "--target", "tflite", "--target", "tfjs", "--latency-runs", "2",
+                                       "--throughput-runs", "0", "--no-advisor", "--out", str(run)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["data"]["kind"] == "text" and results["baseline"]["strategy_label"].startswith("baseline: TF-IDF")
+    assert results["baseline"]["keras_accuracy"] > 0.5  # word counts do separate Debian's sections
+    modes = {(a["target"], a["quantize"]) for a in results["artifacts"]}
+    assert ("tflite", "int16x8") not in modes and ("tflite", "mixed") not in modes and ("tflite", "dynamic") in modes
+    assert all(a["status"] == "ok" for a in results["artifacts"])
+    assert (run / "report.html").is_file() and "input 32 tokens" in (run / "report.html").read_text()
+    assert "test texts" in result.stdout

@@ -13,8 +13,10 @@ const MAX_WORD_CHARS = 100; // longer words become [UNK], as in BERT
 // special tokens written in the text are those tokens (as in Hugging Face's tokenizers), case-sensitive
 const SPECIAL = /(\[PAD\]|\[UNK\]|\[CLS\]|\[SEP\]|\[MASK\])/;
 
-const isControl = (ch) => ch !== '\t' && ch !== '\n' && ch !== '\r' && /^\p{C}$/u.test(ch);
-const isWhitespace = (ch) => ch === ' ' || ch === '\t' || ch === '\n' || ch === '\r' || /^\p{Zs}$/u.test(ch);
+// as the Rust `tokenizers` BertNormalizer: control = Cc, Cf, Co, Cs (not unassigned code points,
+// which become [UNK]); whitespace = Unicode White_Space (line and paragraph separators included)
+const isControl = (ch) => ch !== '\t' && ch !== '\n' && ch !== '\r' && /^[\p{Cc}\p{Cf}\p{Co}\p{Cs}]$/u.test(ch);
+const isWhitespace = (ch) => /^\p{White_Space}$/u.test(ch);
 
 function isPunctuation(ch) {
   const cp = ch.codePointAt(0);
@@ -27,7 +29,7 @@ function isPunctuation(ch) {
 
 function isCjk(cp) {
   return (cp >= 0x4e00 && cp <= 0x9fff) || (cp >= 0x3400 && cp <= 0x4dbf) || (cp >= 0x20000 && cp <= 0x2a6df)
-    || (cp >= 0x2a700 && cp <= 0x2b73f) || (cp >= 0x2b740 && cp <= 0x2b81f) || (cp >= 0x2b820 && cp <= 0x2ceaf)
+    || (cp >= 0x2a700 && cp <= 0x2b73f) || (cp >= 0x2b740 && cp <= 0x2b81f) || (cp >= 0x2b920 && cp <= 0x2ceaf)
     || (cp >= 0xf900 && cp <= 0xfaff) || (cp >= 0x2f800 && cp <= 0x2fa1f);
 }
 
@@ -45,7 +47,8 @@ function basicTokens(text) {
   const words = [];
   for (const word of cleaned.split(' ')) {
     if (!word) continue;
-    const plain = word.toLowerCase().normalize('NFD').replace(/\p{Mn}/gu, '');
+    // lower-case one character at a time: no final-sigma rule (Python's side has none)
+    const plain = Array.from(word, (c) => c.toLowerCase()).join('').normalize('NFD').replace(/\p{Mn}/gu, '');
     let current = '';
     for (const ch of plain) {
       if (isPunctuation(ch)) {
