@@ -2,6 +2,9 @@
 // model exported by edgefactory: the same ids as the Python side (Hugging Face `tokenizers`) for
 // the tokenizer contract in the model's metadata (lower-case, strip accents, split punctuation
 // and CJK characters, greedy longest-match WordPiece, [CLS] ... [SEP], truncate, pad with 0).
+// Checked on every code point (as "a" + it + "b"): the ids differ on about 660 of 1.1 million,
+// characters assigned by Unicode versions newer than the Rust library's tables (e.g. U+0897,
+// U+2E55), which the page's JavaScript engine knows and the Python side treats as unknown.
 //
 //   import { WordPiece } from './wordpiece.mjs';
 //   const tokenizer = new WordPiece(vocabText, { maxLength: 128 });
