@@ -98,6 +98,7 @@ class Race:
     seconds: float = 0.0
     cap_seconds: float | None = None
     budget_reached: bool = False
+    unit: str = "images"  # what the validation examples are: images or texts
     pick: Trial | None = None
     tied: list[Trial] = field(default_factory=list)
 
@@ -200,7 +201,7 @@ class Race:
                 "stopped": t.stopped, "finished": t.finished, "tied": t in self.tied, "picked": t is self.pick,
                 "steps": [[round(images / self.train_images, 2), round(accuracy, 4)] for images, accuracy in t.history],
             } for t in self.trials],
-            "validation_images": int(len(self.trials[0].correct)),
+            "validation_images": int(len(self.trials[0].correct)), "validation_unit": self.unit,
             "race_seconds": round(self.seconds, 1),
             "shared_seconds": round(self.shared_seconds, 1),
             "all_full_seconds": round(full, 1),
@@ -286,7 +287,8 @@ def race(classifier, data, spec: TrainingSpec, store: cache_lib.FeatureStore, re
     steps = max(2, round(full_steps * FIRST_RUNG))  # 2: a speed beside the trace
     result = Race(trials, head, time.perf_counter() - start - head.seconds,
                   train_images=full_steps // spec.fine_tune_epochs * batch,
-                  execution=min(STEPS_PER_EXECUTION, max(1, steps // 4)))  # as a build runs, 4 a rung or more
+                  execution=min(STEPS_PER_EXECUTION, max(1, steps // 4)),  # as a build runs, 4 a rung or more
+                  unit=data.val.unit)
     measure_start = time.perf_counter()
     probs = evaluation.evaluate_on_features(classifier.head, store, data.val)
     _record(fe, probs, data.val.labels)
@@ -458,5 +460,5 @@ def table_lines(evidence: dict) -> list[str]:
     lines.append(f"race {duration_text(evidence['race_seconds'])}: "
                  + (f"{share:.0%} of training every candidate fully " if share is not None else "")
                  + f"(~{duration_text(evidence['all_full_seconds'])}); "
-                 f"{evidence['validation_images']:,} validation images")
+                 f"{evidence['validation_images']:,} validation {evidence.get('validation_unit', 'images')}")
     return lines

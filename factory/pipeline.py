@@ -59,7 +59,7 @@ def prepare(data: DataSpec, backbone: BackboneSpec = BackboneSpec(), reporter: R
 
 @dataclass
 class TrainedModel:
-    """A trained Keras model (RGB pixels in [0, 255] -> probabilities) and how it got there."""
+    """A trained Keras model (RGB pixels in [0, 255], or token ids -> probabilities) and how it got there."""
 
     model: keras.Model
     preprocessing: dict  # the backbone's input contract (Backbone.preprocessing)

@@ -55,8 +55,10 @@ class DataSpec:
         _check(self.limit is None or self.limit >= 2, "--limit must be at least 2")
         _check(0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
                "--val-fraction and --test-fraction must be in (0, 1) and sum to less than 1")
-        _check(bool(self.text_column.strip()) and bool(self.label_column.strip())
-               and self.text_column.strip().lower() != self.label_column.strip().lower(),
+        object.__setattr__(self, "text_column", self.text_column.strip())
+        object.__setattr__(self, "label_column", self.label_column.strip())
+        _check(bool(self.text_column) and bool(self.label_column)
+               and self.text_column.lower() != self.label_column.lower(),
                "--text-column and --label-column must name two different columns")
 
 
@@ -211,7 +213,8 @@ def check_modality(backbone: str, training: TrainingSpec | None = None, export: 
                "image backbone)")
     if export:
         refused = [f"{target.name} {mode.name}" for target, mode in export.plan() if not mode.text]
-        offered = "; ".join(f"{t.name}: {', '.join(m.name for m in t.modes if m.text)}" for t in export.chosen_targets())
+        offered = "; ".join(f"{t.name}: {', '.join(m.name for m in t.modes if m.text)}"
+                            for t in export.chosen_targets())
         _check(not refused, f"--quantize: {', '.join(refused)} is not offered for a text encoder (its input is token "
                             f"ids, nothing to calibrate); offered: {offered}")
 

@@ -1,8 +1,8 @@
 """What every target is: a table of modes, and convert / predict / time / describe.
 
 A target turns a trained Keras model (RGB pixels in [0, 255], or a text model's int32 token
-ids -> class probabilities) into artifact files and runs those files in their own runtime. A new target is one module with a
-`Target` subclass plus one line in targets/registry.py.
+ids -> class probabilities) into artifact files and runs those files in their own runtime. A
+new target is one module with a `Target` subclass plus one line in targets/registry.py.
 """
 from __future__ import annotations
 
