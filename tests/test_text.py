@@ -259,7 +259,7 @@ def test_text_build_from_the_command_line(text_build):
     out, summary = text_build
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["backbone"]["modality"] == "text" and manifest["backbone"]["tokenizer"]["max_length"] == 64
-    assert "accuracy on 200 test texts" in summary
+    assert f"accuracy on {manifest['data']['splits']['test']} test texts" in summary
     for artifact in manifest["artifacts"]:
         assert artifact["agreement"] >= 0.99 and artifact["latency"]["p50_ms"] > 0
         assert artifact["bytes"] == sum((out / f).stat().st_size for f in artifact["files"])
