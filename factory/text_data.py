@@ -9,8 +9,9 @@ A text source is one of:
     (10 sections), a snapshot pinned in factory/datasets/.
 
 Empty texts, bytes that are not UTF-8, rows without a label and unparsable lines are skipped
-and reported ("where: why"); with `strict` the first one fails the build. factory.data
-tokenizes what is kept and splits it exactly like images.
+and reported ("where: why"); with `strict` the first one fails the build; a class folder left
+without texts is refused. factory.data splits what is kept exactly like images (a split
+tokenizes each text as it is read).
 """
 from __future__ import annotations
 

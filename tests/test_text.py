@@ -2,8 +2,11 @@
 their bad inputs, both strategies on real text, and the artifacts in their runtimes."""
 import gzip
 import json
+import shutil
 import subprocess
 import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +233,6 @@ def test_tflite_and_tfjs_artifacts_agree_with_keras_in_their_runtimes(prepared, 
     tflite = next(r for r in reports if r.name == "tflite dynamic").artifact.path
     assert registry.get("tflite").describe(reports[0].artifact)["tensor_types"]["input"] == "int32"
     assert tflite_metadata.read_labels(tflite) == prepared.data.class_names
-    import zipfile
-
     with zipfile.ZipFile(tflite) as archive:
         assert archive.read("vocab.txt") == (minilm.model_dir() / "vocab.txt").read_bytes()
     assert b'"max_length": 48' in tflite_metadata.read_metadata(tflite)
@@ -269,9 +270,6 @@ def test_text_build_from_the_command_line(text_build):
 
 @pytest.mark.slow
 def test_browser_demo_classifies_typed_text(text_build, tmp_path):
-    import shutil
-    import threading
-
     from playwright.sync_api import sync_playwright
 
     from factory import store
