@@ -330,7 +330,7 @@ def _open_labels_file(path: Path):
         raise FactoryError(f"--data {path}: {problem}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(_bounded_lines(handle))
+            reader = csv.reader(bounded_lines(handle))
             first = next((row for row in reader if any(cell.strip() for cell in row)), None)
             if first is None:
                 raise FactoryError(f"--data {path}: the labels file is empty")
@@ -352,10 +352,10 @@ def _open_labels_file(path: Path):
         raise FactoryError(f"--data {path}: not a readable labels file ({exc})") from None
 
 
-MAX_LINE = 1 << 20  # characters in one line of a labels file
+MAX_LINE = 1 << 20  # characters in one line of a labels file (or a text CSV / JSON Lines file)
 
 
-def _bounded_lines(handle):
+def bounded_lines(handle):
     """The file's lines, refusing one longer than MAX_LINE (never read whole into memory)."""
     while line := handle.readline(MAX_LINE + 1):
         if len(line) > MAX_LINE:

@@ -29,7 +29,6 @@ from targets.errors import FactoryError
 TEXT_EXTENSIONS = {".txt"}
 TEXT_FILES = {".csv", ".jsonl"}
 MAX_TEXT_BYTES = 1 << 20  # a longer example is refused (it would be truncated to a few hundred tokens anyway)
-MAX_LINE = 1 << 20  # characters in one line of a CSV or JSON Lines file
 NAMED = {"debian-packages": debian_descriptions.SNAPSHOT}
 
 
@@ -56,19 +55,22 @@ def is_text_source(source: str, text_column: str) -> bool:
 def check(source: str) -> None:
     """Refuse a text source that cannot be listed, without reading it: a missing file, or a
     folder without two class sub-folders."""
+    from factory.data import class_dirs, regular_file_problem
+
     path = Path(source)
     if source in NAMED:
         return
     if path.suffix.lower() in TEXT_FILES:
-        if not path.is_file():
-            raise FactoryError(f"--data {path}: {'not a regular file' if path.exists() else 'no such file'}")
+        problem = regular_file_problem(path)
+        if problem:
+            raise FactoryError(f"--data {path}: {problem}")
     else:
-        from factory.data import class_dirs
-
         class_dirs(path)
 
 
 def _csv_header(path: Path) -> list[str]:
+    from factory.data import MAX_LINE
+
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             return [name.strip().lower() for name in next(csv.reader([handle.readline(MAX_LINE)]), [])]
@@ -142,6 +144,8 @@ def list_texts(source: str, *, text_column: str = "text", label_column: str = "l
                 reader(handle, str(path), text_column, label_column, listing)
         except UnicodeDecodeError as exc:
             raise FactoryError(f"--data {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except csv.Error as exc:  # a JSON Lines file's line over data.MAX_LINE (a CSV's says so itself)
+            raise FactoryError(f"--data {path}: {exc}") from None
         except OSError as exc:
             raise FactoryError(f"--data {path}: unreadable ({exc.strerror or exc})") from None
     else:
@@ -149,16 +153,11 @@ def list_texts(source: str, *, text_column: str = "text", label_column: str = "l
     return listing.result(source)
 
 
-def _bounded(handle):
-    while line := handle.readline(MAX_LINE + 1):
-        if len(line) > MAX_LINE:
-            raise FactoryError(f"{handle.name}: a line longer than {MAX_LINE:,} characters")
-        yield line
-
-
 def _csv(handle, where: str, text_column: str, label_column: str, listing: _Listing) -> None:
+    from factory.data import MAX_LINE, bounded_lines
+
     csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))  # a text cell may be as long as a line
-    reader = csv.reader(_bounded(handle))
+    reader = csv.reader(bounded_lines(handle))
     try:
         header = [name.strip().lower() for name in next(reader, [])]
         missing = [c for c in (text_column, label_column) if c.lower() not in header]
@@ -177,7 +176,9 @@ def _csv(handle, where: str, text_column: str, label_column: str, listing: _List
 
 
 def _jsonl(handle, where: str, text_column: str, label_column: str, listing: _Listing) -> None:
-    for number, line in enumerate(_bounded(handle), 1):
+    from factory.data import bounded_lines
+
+    for number, line in enumerate(bounded_lines(handle), 1):
         if not line.strip():
             continue
         try:

@@ -161,6 +161,9 @@ def test_csv_and_jsonl_sources_with_their_bad_rows(tmp_path):
         "not JSON (Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
         "use sys.set_int_max_str_digits() to increase the limit)",
         "the label is float, not a string or an integer", "empty text"]
+    for name in ("long.csv", "long.jsonl"):  # one line over 1 MiB: one clear error, the file is not read whole
+        with pytest.raises(FactoryError, match="a line longer than 1,048,576 characters"):
+            load(write(tmp_path / name, "text,label\n" + "x" * (1 << 20) + ",a\n"))
 
 
 def test_text_for_an_image_backbone_and_the_reverse_are_refused(tmp_path):
