@@ -1,16 +1,17 @@
 """Text: a frozen MiniLM encoder, or its top transformer layers fine-tuned, against TF-IDF.
 
-`factory bench` on the bundled debian-packages dataset (2,566 Debian package descriptions,
-10 archive sections; split 1,796 train / 257 validation / 513 test), minilm_l6 at 128 tokens
-per text, the build's default training recipe (head 30 epochs with early stopping; fine-tuning
+`factory bench` on a bundled text set (--data: debian-packages, 2,566 Debian package
+descriptions in 10 archive sections, or debian-summaries, their one-line summaries; split
+1,796 train / 257 validation / 513 test), minilm_l6 at --max-length tokens per text (128),
+the build's default training recipe (head 30 epochs with early stopping; fine-tuning
 5 epochs at a tenth of the learning rate), feature extraction and fine-tuning of the top 2
 transformer layers (or --strategy), the advisor's race, and the TF-IDF + logistic regression
 baseline on the same split. Artifacts: TFLite float32, float16, dynamic and int8, TF.js
 float16, each checked against its Keras model on the 513 test texts, timed
-per text in a fresh process (every one of the 128 positions a token: the longest text).
-Prints the table and records the bench's files in benchmarks/results/text/.
+per text in a fresh process (every position a token: the longest text).
+Prints the table and records the bench's files in benchmarks/results/text/<data>/.
 
-    python benchmarks/text.py [--strategy NAME ...] [--run-folder DIR]
+    python benchmarks/text.py [--data NAME] [--max-length N] [--strategy NAME ...] [--run-folder DIR]
 """
 import argparse
 import dataclasses
@@ -57,15 +58,17 @@ def ratio_table(results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", choices=("debian-packages", "debian-summaries"), default="debian-packages")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help=f"tokens per text (default {MAX_LENGTH})")
     parser.add_argument("--strategy", action="append", help="default: feature-extraction and fine-tune:2")
     parser.add_argument("--run-folder", type=Path,
                         default=Path("runs") / datetime.now().strftime("text-%Y%m%d-%H%M%S"))
     args = parser.parse_args()
     spec = BenchSpec(
-        data=DataSpec("debian-packages"), out=args.run_folder, backbone=BackboneSpec("minilm_l6", MAX_LENGTH),
+        data=DataSpec(args.data), out=args.run_folder, backbone=BackboneSpec("minilm_l6", args.max_length),
         training=TrainingSpec(), strategies=tuple(args.strategy or ("feature-extraction", "fine-tune:2")),
         export=dataclasses.replace(BENCH_EXPORT, quantize=MODES, latency_runs=20), throughput_runs=0)
-    run_and_record(spec, RECORDED, ratio_table)
+    run_and_record(spec, RECORDED / args.data, ratio_table)
 
 
 if __name__ == "__main__":

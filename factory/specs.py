@@ -41,7 +41,7 @@ def _positive(value, option: str) -> None:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str  # a class folder, a .csv / .jsonl file, or a named source (fashion-mnist, digits, debian-packages)
+    source: str  # a class folder, a .csv / .jsonl file, or a named source (fashion-mnist, digits, debian-packages, ...)
     limit: int | None = None  # a stratified subset of this many examples, before splitting
     val_fraction: float = 0.1
     test_fraction: float = 0.2

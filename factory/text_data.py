@@ -6,7 +6,8 @@ A text source is one of:
     `--label-column`; default `text` and `label`);
   - a JSON Lines file (`.jsonl`): one object per line with those two keys;
   - `debian-packages`: 2,566 Debian package descriptions labelled with their archive section
-    (10 sections), a snapshot pinned in factory/datasets/.
+    (10 sections), a snapshot pinned in factory/datasets/; `debian-summaries`: the same
+    packages, each text only its one-line summary.
 
 Empty texts, bytes that are not UTF-8, rows without a label and unparsable lines are skipped
 and reported ("where: why"); with `strict` the first one fails the build; a class folder left
@@ -16,7 +17,6 @@ tokenizes each text as it is read).
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import unicodedata
 from pathlib import Path
@@ -29,7 +29,8 @@ from targets.errors import FactoryError
 TEXT_EXTENSIONS = {".txt"}
 TEXT_FILES = {".csv", ".jsonl"}
 MAX_TEXT_BYTES = 1 << 20  # a longer example is refused (it would be truncated to a few hundred tokens anyway)
-NAMED = {"debian-packages": debian_descriptions.SNAPSHOT}
+NAMED = {"debian-packages": debian_descriptions.descriptions,  # each opens its JSON Lines
+         "debian-summaries": debian_descriptions.summaries}
 
 
 def is_text_source(source: str, text_column: str) -> bool:
@@ -132,7 +133,7 @@ def list_texts(source: str, *, text_column: str = "text", label_column: str = "l
     """(texts, labels, class names, skipped) of a text source."""
     listing = _Listing(strict)
     if source in NAMED:
-        with gzip.open(NAMED[source], "rt", encoding="utf-8") as handle:
+        with NAMED[source]() as handle:
             _jsonl(handle, source, "text", "label", listing)
         return listing.result(source)
     path = Path(source)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory import data, pipeline
+from factory import data, pipeline, text_data
 from factory.backbones import minilm
 from factory.specs import BackboneSpec, BuildSpec, CacheSpec, DataSpec, ExportSpec, TrainingSpec
 from factory.tokenizer import WordPiece
@@ -164,6 +164,16 @@ def test_csv_and_jsonl_sources_with_their_bad_rows(tmp_path):
     for name in ("long.csv", "long.jsonl"):  # one line over 1 MiB: one clear error, the file is not read whole
         with pytest.raises(FactoryError, match="a line longer than 1,048,576 characters"):
             load(write(tmp_path / name, "text,label\n" + "x" * (1 << 20) + ",a\n"))
+
+
+def test_debian_summaries_are_the_same_packages_one_line_each():
+    texts, labels, names, skipped = text_data.list_texts("debian-packages")
+    summaries, summary_labels, summary_names, _ = text_data.list_texts("debian-summaries")
+    assert len(texts) == 2566 and not skipped and summary_names == names and list(summary_labels) == list(labels)
+    assert summaries[0] == "Plan 9 filesystem (v9fs) user mount utilities."
+    assert all("\n" not in short and full.startswith(short + "\n") for short, full in zip(summaries, texts))
+    with pytest.raises(FactoryError, match="holds text but the backbone reads images"):
+        data.check_source(DataSpec("debian-summaries"), "efficientnet_lite0")
 
 
 def test_text_for_an_image_backbone_and_the_reverse_are_refused(tmp_path):

@@ -120,7 +120,7 @@ def size_text(num_bytes: int) -> str:
 DataOption = Annotated[str, typer.Option(
     metavar="FOLDER|CSV|JSONL|NAME", help="Folder with one sub-folder per class (images, or .txt files), a CSV of "
     "image paths or texts and labels, a JSON Lines file of texts and labels, or a named source: fashion-mnist, "
-    "digits (images), debian-packages (text).")]
+    "digits (images), debian-packages, debian-summaries (text).")]
 BackboneOption = Annotated[str, typer.Option(help="Registry name (see `factory backbones`) or hub:HANDLE_OR_DIR.")]
 WeightsOption = Annotated[Optional[Path], typer.Option(help="Local weights file for keras.applications backbones.")]
 InputSizeOption = Annotated[Optional[int], typer.Option(help="Square input size in pixels; for a text encoder, tokens "

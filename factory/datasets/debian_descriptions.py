@@ -6,6 +6,9 @@ real property of the text, written by the package's maintainer. One package per 
 package (binaries built from one source share most of their description, which would leak
 between the splits), at most PER_CLASS per section, chosen with a fixed seed.
 
+`debian-summaries` is the same packages, each text only its one-line summary ("Plan 9
+filesystem (v9fs) user mount utilities"): the short texts of intents, titles and tickets.
+
 The snapshot ships beside this file (debian_descriptions.jsonl.gz); rebuild it on a Debian
 machine after `apt-get update -o Acquire::Languages=en` with
 
@@ -14,6 +17,7 @@ machine after `apt-get update -o Acquire::Languages=en` with
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import subprocess
@@ -26,6 +30,19 @@ PER_CLASS = 300
 SEED = 0
 LISTS = Path("/var/lib/apt/lists")
 RELEASE = "deb.debian.org_debian_dists_bookworm_main"
+
+
+def descriptions():
+    """The snapshot as an open JSON Lines text handle: summary and long description."""
+    return gzip.open(SNAPSHOT, "rt", encoding="utf-8")
+
+
+def summaries():
+    """The snapshot's rows with each text cut to its first line, the summary."""
+    with descriptions() as handle:
+        rows = [json.loads(line) for line in handle]
+    return io.StringIO("".join(json.dumps({**row, "text": row["text"].partition("\n")[0]}, ensure_ascii=False) + "\n"
+                               for row in rows))
 
 
 def _stanzas(path: Path):
