@@ -123,7 +123,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
         test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
         advice=advice, classifier=classifier, feature_cache=feature_cache,
-        pruning=pruning.summary(classifier, spec.prune),
+        pruning=pruning.summary(classifier, spec.prune, phases),
     )
 
 

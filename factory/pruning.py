@@ -91,13 +91,16 @@ def prune(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
     return session.run(name, train)
 
 
-def summary(classifier: Classifier, target: float) -> dict | None:
+def summary(classifier: Classifier, target: float, phases: list[Phase] = ()) -> dict | None:
     """What pruning left, measured on the weights: the zeros among the pruned kernels and in the
-    whole model; None when the spec does not prune (`target` 0)."""
+    whole model, and what it did to the validation accuracy (the phase before pruning against
+    pruning's own, when `phases` end with both); None when the spec does not prune (`target` 0)."""
     if not target:
         return None
     kernels = [layer.kernel.numpy() for layer in prunable_layers(classifier)]
     pruned = sum(k.size for k in kernels)
     zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels)
+    accuracy = ({"val_accuracy_before": phases[-2].best_val_accuracy, "val_accuracy_after": phases[-1].best_val_accuracy}
+                if len(phases) >= 2 else {})
     return {"target_sparsity": target, "sparsity": zeros / pruned, "pruned_layers": len(kernels),
-            "pruned_weights": pruned, "zero_share_of_model": zeros / classifier.model.count_params()}
+            "pruned_weights": pruned, "zero_share_of_model": zeros / classifier.model.count_params(), **accuracy}

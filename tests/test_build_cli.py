@@ -106,7 +106,8 @@ def test_a_build_prints_no_tensorflow_log_lines(fashion_build):
 def test_the_summary_fits_80_columns(fashion_build):
     out, manifest, _, _ = fashion_build
     console = Console(width=80, record=True, file=io.StringIO())
-    pruned = {**manifest["strategy"], "pruning": {"sparsity": 0.999, "pruned_layers": 1000, "zero_share_of_model": 1}}
+    pruned = {**manifest["strategy"], "pruning": {"sparsity": 0.999, "pruned_layers": 1000, "zero_share_of_model": 1,
+                                                  "val_accuracy_before": 0.8733, "val_accuracy_after": 0.8267}}
     build_cli._print_summary({**manifest, "strategy": pruned}, out, console)
     lines = console.export_text().splitlines()
     assert max(map(len, lines)) <= 80
@@ -115,6 +116,7 @@ def test_the_summary_fits_80_columns(fashion_build):
     assert ["tflite float32", f"{float32['accuracy']:.4f}", f"{float32['agreement']:.4f}",
             build_cli.size_text(float32["bytes"]), build_cli.size_text(float32["gzip_bytes"])] in cells  # not wrapped
     assert "pruned: 100% zeros in 1000 convolutions, 100% of the model's weights" in lines
+    assert "pruning: validation accuracy 0.8733 before, 0.8267 after (-4.7 points)" in lines
     assert "splits: 2,100 train, 300 validation, 600 test" in lines
 
 

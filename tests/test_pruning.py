@@ -132,6 +132,10 @@ def test_a_pruned_model_is_evaluated_whole_and_keeps_its_accuracy(plain_and_prun
     assert np.allclose(pruned.test_probs, pruned.model.predict(test.load_images(), verbose=0), atol=1e-5)
     assert pruned.test_accuracy > 0.6  # 10 classes: chance is 0.1
     assert pruned.test_accuracy >= plain.test_accuracy - 0.15  # trained on after pruning, not just cut
+    val = prepared.data.val  # the summary's "validation accuracy before, after" describe the two models
+    after = np.mean(pruned.model.predict(val.load_images(), verbose=0).argmax(1) == val.labels)
+    assert pruned.pruning["val_accuracy_after"] == pytest.approx(after, abs=1e-9)
+    assert pruned.pruning["val_accuracy_before"] == pytest.approx(plain.phases[-1].best_val_accuracy, abs=1e-6)
 
 
 @pytest.mark.slow
