@@ -9,18 +9,22 @@ the unpruned strategy, its gzip size against that file's gzip size (the download
 pruning), its agreement with its own Keras model and its accuracy's distance from it, its
 batch-1 latency as a ratio to its own build's float32 file, and the Keras accuracy pruning
 gained or gave up; records the bench's files in
-benchmarks/results/pruning/sparsity-<S>_<strategies>/.
+benchmarks/results/pruning/sparsity-<S>_<strategies>/, and draws every sparsity recorded for
+those strategies in benchmarks/results/pruning/tradeoff_<strategies>.png: Keras test accuracy
+against the float16 TFLite file's download (gzip) size.
 
     python benchmarks/pruning.py [--sparsity S] [--strategy NAME ...] [--run-folder DIR]
 """
 import argparse
 import dataclasses
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory.bench.config import BENCH_EXPORT, DEFAULT_STRATEGIES, BenchSpec  # noqa: E402
+from factory.bench.report import _pyplot  # noqa: E402
 from factory.specs import DataSpec  # noqa: E402
 from recording import run_and_record  # noqa: E402
 
@@ -58,6 +62,38 @@ def ratio_table(results: dict) -> list[str]:
     return lines
 
 
+def plot_tradeoff(names: str) -> Path:
+    """Each strategy's Keras test accuracy against its float16 TFLite file's gzip size (a ratio
+    to the unpruned float32 file), unpruned and at every sparsity recorded for `names`."""
+    points: dict[str, dict[float, tuple[float, float]]] = {}
+    for results_file in sorted(RECORDED.glob(f"sparsity-*_{names}/results.json")):
+        results = json.loads(results_file.read_text())
+        rows = [r for r in results["artifacts"] if r["status"] == "ok" and r["target"] == "tflite"]
+        for strategy in (s for s in results["strategies"] if s.get("status") == "ok"):
+            base, _, sparsity = strategy["strategy"].partition("+prune:")
+            float32 = float32_of(rows, base, "tflite")
+            float16 = next(r for r in rows if r["strategy"] == strategy["strategy"] and r["quantize"] == "float16")
+            points.setdefault(base, {}).setdefault(
+                float(sparsity or 0), (float16["gzip_bytes"] / float32["bytes"], strategy["keras_accuracy"]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for base, by_sparsity in points.items():
+        order = sorted(by_sparsity)
+        ax.plot(*zip(*(by_sparsity[s] for s in order)), marker="o", label=base)
+        for s in order:
+            ax.annotate(f"{s:.0%}", by_sparsity[s], textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.axvline(0.3, color="grey", linestyle=":", label="0.3x")
+    ax.set_xlabel("float16 TFLite download (gzip) / unpruned float32 file")
+    ax.set_ylabel("Keras test accuracy")
+    ax.set_title("Pruning: accuracy against download size (labels: sparsity)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RECORDED / f"tradeoff_{names}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", type=float, default=SPARSITY, help=f"default: {SPARSITY}")
@@ -67,11 +103,12 @@ def main():
     args = parser.parse_args()
     chosen = args.strategy or STRATEGIES
     strategies = [s for name in chosen for s in (name, f"{name}+prune:{args.sparsity}")]
-    recorded = RECORDED / "_".join([f"sparsity-{args.sparsity}", *(n.replace(":", "-") for n in chosen)])
+    names = "_".join(n.replace(":", "-") for n in chosen)
     spec = BenchSpec(DataSpec("fashion-mnist", limit=5100, test_fraction=0.4), args.run_folder,
                      strategies=tuple(strategies), export=dataclasses.replace(BENCH_EXPORT, quantize=MODES),
                      throughput_runs=0, baseline=False, advisor=False)
-    run_and_record(spec, recorded, ratio_table)
+    run_and_record(spec, RECORDED / f"sparsity-{args.sparsity}_{names}", ratio_table)
+    print(f"-> {plot_tradeoff(names)}")
 
 
 if __name__ == "__main__":
