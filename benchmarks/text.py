@@ -9,7 +9,7 @@ transformer layers (or --strategy), the advisor's race, and the TF-IDF + logisti
 baseline on the same split. Artifacts: TFLite float32, float16, dynamic and int8, TF.js
 float16, each checked against its Keras model on the 513 test texts, timed
 per text in a fresh process (every position a token: the longest text).
-Prints the table and records the bench's files in benchmarks/results/text/<data>/.
+Prints the table and records the bench's files in benchmarks/results/text/<data>[_len-N]/.
 
     python benchmarks/text.py [--data NAME] [--max-length N] [--strategy NAME ...] [--run-folder DIR]
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory.bench.config import BENCH_EXPORT, BenchSpec  # noqa: E402
+from factory import text_data  # noqa: E402
 from factory.specs import BackboneSpec, DataSpec, TrainingSpec  # noqa: E402
 from recording import run_and_record  # noqa: E402
 
@@ -58,7 +59,7 @@ def ratio_table(results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", choices=("debian-packages", "debian-summaries"), default="debian-packages")
+    parser.add_argument("--data", choices=sorted(text_data.NAMED), default="debian-packages")
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help=f"tokens per text (default {MAX_LENGTH})")
     parser.add_argument("--strategy", action="append", help="default: feature-extraction and fine-tune:2")
     parser.add_argument("--run-folder", type=Path,
@@ -68,7 +69,8 @@ def main() -> None:
         data=DataSpec(args.data), out=args.run_folder, backbone=BackboneSpec("minilm_l6", args.max_length),
         training=TrainingSpec(), strategies=tuple(args.strategy or ("feature-extraction", "fine-tune:2")),
         export=dataclasses.replace(BENCH_EXPORT, quantize=MODES, latency_runs=20), throughput_runs=0)
-    run_and_record(spec, RECORDED / args.data, ratio_table)
+    length = "" if args.max_length == MAX_LENGTH else f"_len-{args.max_length}"
+    run_and_record(spec, RECORDED / f"{args.data}{length}", ratio_table)
 
 
 if __name__ == "__main__":

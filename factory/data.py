@@ -11,9 +11,9 @@ when a consumer reads a split, so memory does not grow with the dataset.
 Unreadable images are skipped and reported (`strict=True` fails on the first one instead);
 an empty folder, a class without images or a single class is an error.
 
-Text sources (factory.text_data: .txt folders, CSV, JSON Lines, debian-packages) go through
-the same subset and split; their splits hold the texts and decode each one to the encoder's
-token ids (int32 [length]) as it is read.
+Text sources (factory.text_data: .txt folders, CSV, JSON Lines, debian-packages and
+debian-summaries) go through the same subset and split; their splits hold the texts and
+decode each one to the encoder's token ids (int32 [length]) as it is read.
 
 A Split offers:
   dataset(batch_size, shuffle_seed=, augment=)  a tf.data pipeline (parallel decode, prefetch)
@@ -393,7 +393,8 @@ def _labels_file_source(path: Path, strict: bool):
 def class_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise FactoryError(
-            f"--data {root}: no such folder and not a named source ({', '.join(NAMED_SOURCES)})"
+            f"--data {root}: no such folder and not a named source "
+            f"({', '.join([*NAMED_SOURCES, *text_data_lib.NAMED])})"
         )
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:

@@ -108,8 +108,11 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
             advice, spec, phases = _race(classifier, data, spec, features, reporter, session)
         else:
             phases = strategies.get(spec.strategy)(classifier, data, spec, reporter, session, features)
+        val_accuracy = None
         if spec.prune:
+            before = pruning.validation_accuracy(classifier, data)  # the model as the strategy left it
             phases.append(pruning.prune(classifier, data, spec, reporter, session))
+            val_accuracy = (before, phases[-1].best_val_accuracy)
         if cluster.strategy is not None:
             classifier = _plain_copy(classifier, prepared, spec)
         if spec.evaluates_on_features:  # the head on the cached features is the model
@@ -123,7 +126,7 @@ def train(prepared: Prepared, spec: TrainingSpec = TrainingSpec(), *, cache: Cac
         test_probs=test_probs, test_labels=data.test.labels, spec=spec,
         phases=phases, train_seconds=seconds,
         advice=advice, classifier=classifier, feature_cache=feature_cache,
-        pruning=pruning.summary(classifier, spec.prune, phases),
+        pruning=pruning.summary(classifier, spec.prune, val_accuracy),
     )
 
 

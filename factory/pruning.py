@@ -85,22 +85,26 @@ def prune(classifier: Classifier, data: Dataset, spec: TrainingSpec, reporter, s
         for wrapper in wrapped.layers:  # the last step moved zeroed weights (a resumed, finished fit: every one)
             for weight, mask, _ in getattr(wrapper, "pruning_vars", ()):
                 weight.assign(weight * mask)
-        val_probs = evaluate(classifier.model, data.val)
-        return dataclasses.replace(phase, best_val_accuracy=float(np.mean(val_probs.argmax(1) == data.val.labels)))
+        return dataclasses.replace(phase, best_val_accuracy=validation_accuracy(classifier, data))
 
     return session.run(name, train)
 
 
-def summary(classifier: Classifier, target: float, phases: list[Phase] = ()) -> dict | None:
+def validation_accuracy(classifier: Classifier, data: Dataset) -> float:
+    """The whole model's accuracy on the validation split (not the cached features')."""
+    return float(np.mean(evaluate(classifier.model, data.val).argmax(1) == data.val.labels))
+
+
+def summary(classifier: Classifier, target: float, val_accuracy: tuple[float, float] | None = None) -> dict | None:
     """What pruning left, measured on the weights: the zeros among the pruned kernels and in the
-    whole model, and what it did to the validation accuracy (the phase before pruning against
-    pruning's own, when `phases` end with both); None when the spec does not prune (`target` 0)."""
+    whole model, and `val_accuracy` (the model's validation accuracy before and after pruning);
+    None when the spec does not prune (`target` 0)."""
     if not target:
         return None
     kernels = [layer.kernel.numpy() for layer in prunable_layers(classifier)]
     pruned = sum(k.size for k in kernels)
     zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels)
-    accuracy = ({"val_accuracy_before": phases[-2].best_val_accuracy, "val_accuracy_after": phases[-1].best_val_accuracy}
-                if len(phases) >= 2 else {})
+    before, after = val_accuracy or (None, None)
     return {"target_sparsity": target, "sparsity": zeros / pruned, "pruned_layers": len(kernels),
-            "pruned_weights": pruned, "zero_share_of_model": zeros / classifier.model.count_params(), **accuracy}
+            "pruned_weights": pruned, "zero_share_of_model": zeros / classifier.model.count_params(),
+            "val_accuracy_before": before, "val_accuracy_after": after}

@@ -116,7 +116,11 @@ def test_the_summary_fits_80_columns(fashion_build):
     assert ["tflite float32", f"{float32['accuracy']:.4f}", f"{float32['agreement']:.4f}",
             build_cli.size_text(float32["bytes"]), build_cli.size_text(float32["gzip_bytes"])] in cells  # not wrapped
     assert "pruned: 100% zeros in 1000 convolutions, 100% of the model's weights" in lines
-    assert "pruning: validation accuracy 0.8733 before, 0.8267 after (-4.7 points)" in lines
+    assert "pruned: validation accuracy 0.8733 before, 0.8267 after (-4.7 points)" in lines
+    unmeasured = {**pruned, "pruning": {**pruned["pruning"], "val_accuracy_before": None}}  # a build from elsewhere
+    console = Console(width=80, record=True, file=io.StringIO())
+    build_cli._print_summary({**manifest, "strategy": unmeasured}, out, console)
+    assert "validation accuracy" not in console.export_text()
     assert "splits: 2,100 train, 300 validation, 600 test" in lines
 
 

@@ -135,7 +135,8 @@ def test_a_pruned_model_is_evaluated_whole_and_keeps_its_accuracy(plain_and_prun
     val = prepared.data.val  # the summary's "validation accuracy before, after" describe the two models
     after = np.mean(pruned.model.predict(val.load_images(), verbose=0).argmax(1) == val.labels)
     assert pruned.pruning["val_accuracy_after"] == pytest.approx(after, abs=1e-9)
-    assert pruned.pruning["val_accuracy_before"] == pytest.approx(plain.phases[-1].best_val_accuracy, abs=1e-6)
+    before = np.mean(plain.model.predict(val.load_images(), verbose=0).argmax(1) == val.labels)
+    assert pruned.pruning["val_accuracy_before"] == pytest.approx(before, abs=1.5 / len(val))  # the same head recipe
 
 
 @pytest.mark.slow

@@ -184,7 +184,7 @@ def _print_summary(manifest: dict, out: Path, console=console) -> None:
                      f"{pruning['zero_share_of_model']:.0%} of the model's weights")
         before, after = pruning.get("val_accuracy_before"), pruning.get("val_accuracy_after")
         if before is not None and after is not None:
-            lines.append(f"pruning: validation accuracy {before:.4f} before, {after:.4f} after "
+            lines.append(f"pruned: validation accuracy {before:.4f} before, {after:.4f} after "
                          f"({100 * (after - before):+.1f} points)")
     lines.append(f"written to {out}")
     for line in lines:

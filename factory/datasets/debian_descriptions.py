@@ -7,7 +7,8 @@ package (binaries built from one source share most of their description, which w
 between the splits), at most PER_CLASS per section, chosen with a fixed seed.
 
 `debian-summaries` is the same packages, each text only its one-line summary ("Plan 9
-filesystem (v9fs) user mount utilities"): the short texts of intents, titles and tickets.
+filesystem (v9fs) user mount utilities."). 12 summaries are shared by two packages each,
+one of them ("transitional package.") across two sections.
 
 The snapshot ships beside this file (debian_descriptions.jsonl.gz); rebuild it on a Debian
 machine after `apt-get update -o Acquire::Languages=en` with
