@@ -10,8 +10,10 @@ contract go into model.json's `userDefinedMetadata`, so a page needs nothing els
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,8 +104,6 @@ class TFJSTarget(Target):
 
 def _convert_graph_model(model, folder: Path, quantize: str, context) -> None:
     """The tensorflowjs converter's graph model of `model`, weights stored as `quantize`."""
-    from tensorflowjs.converters import tf_saved_model_conversion_v2 as converter
-
     from targets.tf_setup import tf
 
     shape = list(model.input_shape[1:])
@@ -119,13 +119,36 @@ def _convert_graph_model(model, folder: Path, quantize: str, context) -> None:
     with tempfile.TemporaryDirectory() as saved, native_logs_filtered():
         tf.saved_model.save(model, saved)
         try:
-            converter.convert_tf_saved_model(
-                saved, str(folder),
-                quantization_dtype_map=None if quantize == "float32" else {quantize: True},
-                metadata=metadata,
-            )
+            try:
+                convert_saved_model(saved, folder, quantize, metadata)
+            except ValueError as exc:
+                if "_Mkl" not in str(exc):
+                    raise
+                shutil.rmtree(folder, ignore_errors=True)
+                _convert_without_onednn(saved, folder, quantize, metadata)
         except Exception as exc:
             raise FactoryError(f"TF.js conversion ({quantize}) failed: {one_line(exc)}") from exc
+
+
+def convert_saved_model(saved: str, folder: Path, quantize: str, metadata: dict) -> None:
+    from tensorflowjs.converters import tf_saved_model_conversion_v2 as converter
+
+    converter.convert_tf_saved_model(saved, str(folder), metadata=metadata,
+                                     quantization_dtype_map=None if quantize == "float32" else {quantize: True})
+
+
+def _convert_without_onednn(saved: str, folder: Path, quantize: str, metadata: dict) -> None:
+    """The same conversion in a process with oneDNN off. On x86 CPUs TensorFlow's oneDNN graph
+    rewrites, which the converter's optimizer runs, fuse a LayerNorm into _MklLayerNorm, an op
+    TF.js does not have (seen with MiniLM at 32 tokens; not at 128)."""
+    request = json.dumps({"saved": saved, "folder": str(folder), "quantize": quantize, "metadata": metadata})
+    code = ("import json, sys; from targets.tfjs import convert_saved_model; r = json.load(sys.stdin); "
+            "convert_saved_model(r['saved'], r['folder'], r['quantize'], r['metadata'])")
+    result = subprocess.run([sys.executable, "-c", code], input=request, capture_output=True, text=True,
+                            cwd=Path(__file__).parent.parent,
+                            env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if result.returncode:
+        raise RuntimeError((result.stderr.strip().splitlines() or ["no output"])[-1])
 
 
 def stored_weight_types(manifest: dict) -> list[str]:
