@@ -235,7 +235,7 @@ def test_fine_tuning_trains_the_top_transformer_layer_only(prepared, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def summaries():  # 32 tokens: where TensorFlow's oneDNN rewrites give TF.js an op it lacks (_MklLayerNorm)
+def summaries():  # on Intel AVX-512 CPUs oneDNN's rewrites give TF.js an op it lacks here (_MklLayerNorm)
     return pipeline.prepare(DataSpec("debian-summaries", limit=800), BackboneSpec("minilm_l6", 32))
 
 
