@@ -53,7 +53,9 @@ def ratio_table(results: dict) -> list[str]:
         depth = ("all" if advice["unfreeze_blocks"] is None and advice["unfreeze"] is None
                  else f"top {advice['unfreeze_blocks']} blocks" if advice["unfreeze_blocks"] else f"top {advice['unfreeze']}")
         pick = advice["strategy"] + ("" if advice["strategy"] == "feature-extraction" else f" ({depth})")
-        lines += ["", f"Advisor: {pick}, {advice['verdict']}: " + "; ".join(advice["reasons"])]
+        reasons = "; ".join(advice["reasons"])
+        verdict = "" if reasons.startswith(advice["verdict"]) else f"{advice['verdict']}: "
+        lines += ["", f"Advisor: {pick}, {verdict}{reasons}"]
     return lines
 
 
